@@ -1,0 +1,73 @@
+"""Shared pytest fixtures: users, tenants with memberships, and API clients with bearer tokens."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from converzia.models import ApiToken, TenantRole, User
+
+
+def issue_token(user: User) -> str:
+    raw = ApiToken.generate()
+    ApiToken.objects.create(user=user, key_prefix=raw[:12], key_digest=ApiToken.digest(raw))
+    return raw
+
+
+@pytest.fixture
+def tenant(db):
+    from converzia.tests.factories import TenantFactory
+
+    return TenantFactory()
+
+
+@pytest.fixture
+def other_tenant(db):
+    from converzia.tests.factories import TenantFactory
+
+    return TenantFactory()
+
+
+@pytest.fixture
+def staff_user(db):
+    from converzia.tests.factories import StaffUserFactory
+
+    return StaffUserFactory()
+
+
+def _member(tenant, role: str) -> User:
+    from converzia.tests.factories import TenantMemberFactory
+
+    return TenantMemberFactory(tenant=tenant, role=role).user
+
+
+@pytest.fixture
+def owner(tenant) -> User:
+    return _member(tenant, TenantRole.OWNER)
+
+
+@pytest.fixture
+def make_member():
+    """`make_member(tenant, role)` → a user with an ACTIVE membership in that role."""
+    return _member
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def client_for():
+    """`client_for(user, tenant=None)` → an APIClient authenticated with a fresh bearer token."""
+
+    def build(user: User, tenant=None) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(user)}")
+        if tenant is not None:
+            client.credentials(
+                HTTP_AUTHORIZATION=f"Bearer {issue_token(user)}", HTTP_X_TENANT_ID=str(tenant.pk)
+            )
+        return client
+
+    return build

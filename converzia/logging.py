@@ -1,0 +1,15 @@
+"""Logging helpers: every record carries the request id of the request that produced it."""
+
+from __future__ import annotations
+
+import logging
+
+from converzia.request_context import request_id_var, tenant_id_var, user_id_var
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        record.tenant_id = tenant_id_var.get()
+        record.user_id = user_id_var.get()
+        return True

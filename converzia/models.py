@@ -1,0 +1,237 @@
+"""The kernel's data: users, tenants, memberships and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+from django.conf import settings as django_settings
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+# Bound once: several models have a field called `settings`.
+USER_MODEL = django_settings.AUTH_USER_MODEL
+
+
+class TimestampedModel(models.Model):
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def _create_user(self, email: str, password: str | None, **extra: object) -> User:
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email: str, password: str | None = None, **extra: object) -> User:
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email: str, password: str | None = None, **extra: object) -> User:
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self._create_user(email, password, **extra)
+
+    def get_by_natural_key(self, username: str | None) -> User:
+        # Emails are stored lower-cased, so login is case-insensitive.
+        return self.get(email=(username or "").lower())
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person who logs in with an email address. `is_staff` marks Converzia staff."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    email = models.EmailField(unique=True)
+    full_name = models.CharField(max_length=200, blank=True)
+    phone = models.CharField(max_length=32, blank=True)
+    is_staff = models.BooleanField(default=False, help_text="Converzia staff: admin and cross-tenant access.")
+    is_active = models.BooleanField(default=True)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        db_table = "users"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(email=Lower("email")), name="users_email_lowercase"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.email = (self.email or "").lower()
+        super().save(*args, **kwargs)
+
+
+class ApiToken(models.Model):
+    """A personal bearer token. Only its SHA-256 digest is stored; the token is shown once."""
+
+    PREFIX = "cvz_"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, default="default")
+    key_prefix = models.CharField(max_length=12, help_text="First characters of the token, to recognise it.")
+    key_digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "api_tokens"
+
+    def __str__(self) -> str:
+        return f"{self.key_prefix}… ({self.user})"
+
+    @staticmethod
+    def digest(raw_token: str) -> str:
+        return hashlib.sha256(raw_token.encode()).hexdigest()
+
+    @classmethod
+    def generate(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)
+
+    @property
+    def is_usable(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class OfferType(models.TextChoices):
+    PROPERTY = "PROPERTY"
+    AUTO = "AUTO"
+    LOAN = "LOAN"
+    INSURANCE = "INSURANCE"
+
+
+class TenantStatus(models.TextChoices):
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    ARCHIVED = "ARCHIVED"
+
+
+class Tenant(TimestampedModel):
+    """An advertiser: one client company whose leads, offers and credits are isolated from others."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    status = models.CharField(max_length=16, choices=TenantStatus.choices, default=TenantStatus.PENDING)
+    default_score_threshold = models.PositiveSmallIntegerField(default=80)
+    duplicate_window_days = models.PositiveSmallIntegerField(default=90)
+    timezone = models.CharField(max_length=64, default="America/Argentina/Buenos_Aires")
+    contact_email = models.EmailField(blank=True)
+    contact_phone = models.CharField(max_length=32, blank=True)
+    settings = models.JSONField(default=dict, blank=True)
+    website = models.URLField(blank=True)
+    description = models.TextField(blank=True)
+    vertical = models.CharField(max_length=16, choices=OfferType.choices, default=OfferType.PROPERTY)
+    logo_url = models.URLField(blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    rejected_reason = models.TextField(blank=True)
+    trial_credits_granted = models.BooleanField(default=False)
+    trial_credits_amount = models.PositiveIntegerField(default=0)
+    trial_granted_at = models.DateTimeField(null=True, blank=True)
+    trial_granted_by = models.ForeignKey(
+        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", db_index=False,
+    )
+
+    class Meta:
+        db_table = "tenants"
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(slug__regex=r"^[a-z0-9-]+$"), name="tenants_slug_format"),
+            models.CheckConstraint(
+                condition=models.Q(default_score_threshold__lte=100), name="tenants_score_threshold_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TenantRole(models.TextChoices):
+    OWNER = "OWNER"
+    ADMIN = "ADMIN"
+    BILLING = "BILLING"
+    VIEWER = "VIEWER"
+
+
+class MembershipStatus(models.TextChoices):
+    PENDING_APPROVAL = "PENDING_APPROVAL"
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    REVOKED = "REVOKED"
+
+
+class TenantMemberQuerySet(models.QuerySet["TenantMember"]):
+    def active(self) -> TenantMemberQuerySet:
+        return self.filter(status=MembershipStatus.ACTIVE)
+
+
+class TenantMember(TimestampedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="members", db_index=False)
+    user = models.ForeignKey(
+        USER_MODEL, on_delete=models.CASCADE, related_name="memberships", db_index=False
+    )
+    role = models.CharField(max_length=16, choices=TenantRole.choices, default=TenantRole.VIEWER)
+    status = models.CharField(
+        max_length=20, choices=MembershipStatus.choices, default=MembershipStatus.PENDING_APPROVAL
+    )
+    invited_by = models.ForeignKey(
+        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", db_index=False,
+    )
+    approved_by = models.ForeignKey(
+        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", db_index=False,
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    rejected_reason = models.TextField(blank=True)
+
+    objects = TenantMemberQuerySet.as_manager()
+
+    class Meta:
+        db_table = "tenant_members"
+        constraints = [
+            # Also serves "members of a tenant" lookups (tenant_id is its leading column).
+            models.UniqueConstraint(fields=["tenant", "user"], name="tenant_members_tenant_user_uniq"),
+        ]
+        indexes = [
+            # Tenant resolution on every request: the caller's ACTIVE memberships.
+            models.Index(
+                fields=["user"], name="idx_tenant_members_user_active",
+                condition=models.Q(status="ACTIVE"),
+            ),
+            models.Index(
+                fields=["tenant", "created_at"], name="idx_tenant_members_tenant_active_created",
+                condition=models.Q(status="ACTIVE"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant} ({self.role}, {self.status})"

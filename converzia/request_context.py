@@ -1,0 +1,28 @@
+"""Request-scoped context (request id, tenant, user) in contextvars: never a module global."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+tenant_id_var: ContextVar[str | None] = ContextVar("tenant_id", default=None)
+user_id_var: ContextVar[str | None] = ContextVar("user_id", default=None)
+
+# An incoming X-Request-ID is echoed only if it is short and safe to put in logs and headers.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def accept_request_id(candidate: str | None) -> str:
+    if candidate and _VALID_REQUEST_ID.match(candidate):
+        return candidate
+    return new_request_id()
+
+
+def current_request_id() -> str:
+    return request_id_var.get()

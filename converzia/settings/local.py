@@ -1,0 +1,7 @@
+"""Development settings: debug on, private delivery targets allowed."""
+
+from converzia.settings.base import *  # noqa: F403
+from converzia.settings.base import env
+
+DEBUG = env.bool("DEBUG", default=True)
+DELIVERY_ALLOW_PRIVATE_NETWORKS = env.bool("DELIVERY_ALLOW_PRIVATE_NETWORKS", default=True)

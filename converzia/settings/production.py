@@ -1,0 +1,20 @@
+"""Production settings: refuse to start without secrets; everything else from the environment."""
+
+from converzia.env import require
+from converzia.settings.base import *  # noqa: F403
+from converzia.settings.base import env
+
+DEBUG = False
+SECRET_KEY = require("SECRET_KEY")
+META_APP_SECRET = require("META_APP_SECRET")
+META_WEBHOOK_VERIFY_TOKEN = require("META_WEBHOOK_VERIFY_TOKEN")
+require("DATABASE_URL")
+DELIVERY_ALLOW_PRIVATE_NETWORKS = False
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = True
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True

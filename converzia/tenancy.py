@@ -1,0 +1,115 @@
+"""Tenant isolation (decision D10): role permissions, tenant resolution and the one scoping helper.
+
+Every tenant-scoped query starts from `scoped(Model, tenant)` (or `Model.objects.for_tenant(tenant)`),
+which refuses to build a queryset without a tenant, so isolation cannot be forgotten.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from django.db import models
+
+if TYPE_CHECKING:
+    from converzia.models import Tenant, User
+
+ModelT = TypeVar("ModelT", bound=models.Model)
+
+
+class Permission(enum.StrEnum):
+    MANAGE_OFFERS = "manage_offers"
+    MANAGE_DOCUMENTS = "manage_documents"
+    VIEW_LEADS = "view_leads"
+    VIEW_LEAD_DETAILS = "view_lead_details"
+    MANAGE_BILLING = "manage_billing"
+    VIEW_BILLING = "view_billing"
+    MANAGE_TEAM = "manage_team"
+
+
+P = Permission
+
+# DOMAIN.md §2.3, as code: the only place a role's rights are defined.
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "OWNER": frozenset(Permission),
+    "ADMIN": frozenset(
+        {P.MANAGE_OFFERS, P.MANAGE_DOCUMENTS, P.VIEW_LEADS, P.VIEW_LEAD_DETAILS, P.VIEW_BILLING}
+    ),
+    "BILLING": frozenset({P.MANAGE_BILLING, P.VIEW_BILLING}),
+    "VIEWER": frozenset({P.VIEW_LEADS, P.VIEW_BILLING}),
+}
+
+
+def role_has(role: str | None, permission: Permission) -> bool:
+    return role is not None and permission in ROLE_PERMISSIONS.get(role, frozenset())
+
+
+class TenantScopedQuerySet(models.QuerySet[Any]):
+    """QuerySet for models that carry a `tenant` foreign key."""
+
+    def for_tenant(self, tenant: Tenant | uuid.UUID) -> TenantScopedQuerySet:
+        from converzia.models import Tenant
+
+        if isinstance(tenant, Tenant):
+            tenant_id = tenant.pk
+        elif isinstance(tenant, uuid.UUID):
+            tenant_id = tenant
+        else:
+            raise TypeError(f"A tenant-scoped query needs a Tenant or its UUID, not {tenant!r}.")
+        return self.filter(tenant_id=tenant_id)
+
+
+def scoped(model: type[ModelT], tenant: Tenant | uuid.UUID) -> TenantScopedQuerySet:
+    """The scoping helper: `model`'s rows that belong to `tenant`, and nothing else."""
+    manager = model._default_manager
+    if not hasattr(manager, "for_tenant"):
+        raise TypeError(f"{model.__name__} is not tenant-scoped.")
+    return manager.for_tenant(tenant)
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    """Who acts for which tenant in this request. `role` is None for staff acting across tenants."""
+
+    tenant: Tenant
+    role: str | None
+    is_staff: bool
+
+    def can(self, permission: Permission) -> bool:
+        return self.is_staff or role_has(self.role, permission)
+
+
+def resolve_tenant(user: User, tenant_header: str | None) -> TenantContext:
+    """Resolve the tenant for a request (API.md "Tenant").
+
+    The caller's only ACTIVE membership, or the one named by `X-Tenant-ID` when the caller has several.
+    Staff may name any tenant. Raises `TenantRequired` or `NotAMember`.
+    """
+    from converzia.errors import InvalidInput, NotAMember, TenantRequired
+    from converzia.models import Tenant, TenantMember
+
+    requested_id: uuid.UUID | None = None
+    if tenant_header:
+        try:
+            requested_id = uuid.UUID(tenant_header.strip())
+        except ValueError:
+            raise InvalidInput("X-Tenant-ID must be a tenant UUID.", details={"X-Tenant-ID": ["Not a UUID."]})
+
+    memberships = TenantMember.objects.active().filter(user=user).select_related("tenant")
+    if requested_id is not None:
+        membership = memberships.filter(tenant_id=requested_id).first()
+        if membership is not None:
+            return TenantContext(tenant=membership.tenant, role=membership.role, is_staff=user.is_staff)
+        if user.is_staff:
+            tenant = Tenant.objects.filter(pk=requested_id).first()
+            if tenant is None:
+                raise NotAMember("No such tenant.")
+            return TenantContext(tenant=tenant, role=None, is_staff=True)
+        raise NotAMember()
+
+    found = list(memberships[:2])
+    if len(found) == 1:
+        return TenantContext(tenant=found[0].tenant, role=found[0].role, is_staff=user.is_staff)
+    raise TenantRequired()

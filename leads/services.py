@@ -1,0 +1,139 @@
+"""Writes of the leads domain: status transitions, ad mappings. Each is one transaction."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import transaction
+from django.utils import timezone
+
+from converzia.cache import invalidate_tenant
+from converzia.models import User
+from converzia.request_context import current_request_id
+from leads.errors import LeadOfferInvalidTransition
+from leads.models import (
+    ActorType,
+    AdOfferMap,
+    LeadEvent,
+    LeadEventType,
+    LeadOffer,
+    LeadOfferStatus,
+    LeadSource,
+)
+from leads.transitions import allowed_targets, is_allowed
+
+
+def lead_event_record(
+    *,
+    lead_offer: LeadOffer,
+    event_type: str,
+    details: dict[str, object] | None = None,
+    actor_type: str = ActorType.SYSTEM,
+    actor_id: uuid.UUID | None = None,
+) -> LeadEvent:
+    trace_id = current_request_id()
+    return LeadEvent.objects.create(
+        lead_id=lead_offer.lead_id,
+        lead_offer=lead_offer,
+        tenant_id=lead_offer.tenant_id,
+        event_type=event_type,
+        details=details or {},
+        actor_type=actor_type,
+        actor_id=actor_id,
+        trace_id="" if trace_id == "-" else trace_id,
+    )
+
+
+@transaction.atomic
+def lead_offer_transition(
+    *,
+    lead_offer: LeadOffer,
+    to_status: str,
+    actor: User | None = None,
+    actor_type: str = ActorType.SYSTEM,
+    reason: str = "",
+    disqualification_category: str = "",
+    extra_fields: dict[str, object] | None = None,
+) -> LeadOffer:
+    """Move a lead_offer through the funnel, following the matrix (DOMAIN.md §2.8).
+
+    Locks the row, re-checks the current status, records a STATUS_CHANGE event and invalidates the
+    tenant's cached reads after commit. Staying in the same status is a no-op.
+    """
+    locked = LeadOffer.objects.select_for_update().get(pk=lead_offer.pk)
+    from_status = locked.status
+    if from_status == to_status:
+        return locked
+    if not is_allowed(from_status, to_status):
+        raise LeadOfferInvalidTransition(from_status, to_status, allowed_targets(from_status))
+
+    locked.status = to_status
+    update_fields = ["status", "updated_at"]
+    if to_status == LeadOfferStatus.DISQUALIFIED:
+        locked.disqualification_category = disqualification_category or "OTHER"
+        locked.disqualification_reason = reason
+        update_fields += ["disqualification_category", "disqualification_reason"]
+    for field, value in (extra_fields or {}).items():
+        setattr(locked, field, value)
+        update_fields.append(field)
+    locked.save(update_fields=update_fields)
+    locked.refresh_from_db(fields=["previous_status", "status_changed_at", "qualified_at"])
+
+    details: dict[str, object] = {"from": from_status, "to": to_status}
+    if reason:
+        details["reason"] = reason
+    if to_status == LeadOfferStatus.DISQUALIFIED:
+        details["disqualification_category"] = locked.disqualification_category
+    lead_event_record(
+        lead_offer=locked,
+        event_type=LeadEventType.STATUS_CHANGE,
+        details=details,
+        actor_type=ActorType.ADMIN if actor and actor.is_staff else actor_type,
+        actor_id=actor.pk if actor else None,
+    )
+    invalidate_tenant(locked.tenant_id)
+    return locked
+
+
+@transaction.atomic
+def ad_mapping_set_active(*, mapping: AdOfferMap, is_active: bool, actor: User | None = None) -> int:
+    """Activate or deactivate an ad mapping.
+
+    Activating a mapping that names an offer routes the ad's leads still waiting in PENDING_MAPPING
+    to that offer (→ TO_BE_CONTACTED), each through the transition service. Returns how many moved.
+    """
+    mapping = AdOfferMap.objects.select_for_update().get(pk=mapping.pk)
+    mapping.is_active = is_active
+    mapping.save(update_fields=["is_active", "updated_at"])
+    if not is_active or mapping.offer_id is None:
+        return 0
+    return route_pending_leads_for_ad(mapping=mapping, actor=actor)
+
+
+def route_pending_leads_for_ad(*, mapping: AdOfferMap, actor: User | None = None) -> int:
+    """Attach the ad's unmapped lead_offers to the mapping's offer and move them to TO_BE_CONTACTED.
+
+    A lead that already has a row for that offer keeps it; its unmapped row is left for staff.
+    """
+    source_ids = LeadSource.objects.for_tenant(mapping.tenant_id).filter(ad_id=mapping.ad_id).values("pk")
+    pending = (
+        LeadOffer.objects.for_tenant(mapping.tenant_id)
+        .filter(status=LeadOfferStatus.PENDING_MAPPING, offer__isnull=True, lead_source_id__in=source_ids)
+        .order_by("pk")
+    )
+    moved = 0
+    for lead_offer in pending:
+        already_mapped = LeadOffer.objects.filter(
+            tenant_id=lead_offer.tenant_id, lead_id=lead_offer.lead_id, offer_id=mapping.offer_id
+        ).exists()
+        if already_mapped:
+            continue
+        lead_offer_transition(
+            lead_offer=lead_offer,
+            to_status=LeadOfferStatus.TO_BE_CONTACTED,
+            actor=actor,
+            reason=f"ad {mapping.ad_id} mapped",
+            extra_fields={"offer_id": mapping.offer_id, "next_attempt_at": timezone.now()},
+        )
+        moved += 1
+    return moved
