@@ -41,7 +41,14 @@ class BillingOrderStatus(models.TextChoices):
 def default_packages() -> list[dict[str, object]]:
     return [
         {"id": "starter", "name": "Starter", "credits": 50, "price": 400},
-        {"id": "growth", "name": "Growth", "credits": 100, "price": 700, "discount_pct": 12.5, "is_popular": True},
+        {
+            "id": "growth",
+            "name": "Growth",
+            "credits": 100,
+            "price": 700,
+            "discount_pct": 12.5,
+            "is_popular": True,
+        },
         {"id": "scale", "name": "Scale", "credits": 250, "price": 1500, "discount_pct": 25},
     ]
 
@@ -68,7 +75,9 @@ class TenantPricing(TimestampedModel):
         db_table = "tenant_pricing"
         verbose_name_plural = "tenant pricing"
         constraints = [
-            models.CheckConstraint(condition=models.Q(cost_per_lead__gte=0), name="tenant_pricing_cost_non_negative"),
+            models.CheckConstraint(
+                condition=models.Q(cost_per_lead__gte=0), name="tenant_pricing_cost_non_negative"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -80,7 +89,9 @@ class BillingOrder(TimestampedModel):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Indexed as the leading column of idx_billing_orders_tenant_status_paid.
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="billing_orders", db_index=False)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="billing_orders", db_index=False
+    )
     # `YYYY-NNNNNN` from a database sequence, so two concurrent orders never share a number.
     order_number = models.CharField(max_length=20, unique=True)
     package_name = models.CharField(max_length=100, blank=True)
@@ -90,13 +101,19 @@ class BillingOrder(TimestampedModel):
     tax_amount = models.DecimalField(max_digits=10, decimal_places=2, default=Decimal("0"))
     total = models.DecimalField(max_digits=10, decimal_places=2)
     currency = models.CharField(max_length=3, default="USD")
-    status = models.CharField(max_length=16, choices=BillingOrderStatus.choices, default=BillingOrderStatus.PENDING)
+    status = models.CharField(
+        max_length=16, choices=BillingOrderStatus.choices, default=BillingOrderStatus.PENDING
+    )
     payment_reference = models.CharField(max_length=200, blank=True, help_text="Receipt or provider id.")
     paid_at = models.DateTimeField(null=True, blank=True)
     notes = models.TextField(blank=True)
     created_by = models.ForeignKey(
-        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", db_index=False,
+        USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
 
     objects = TenantScopedQuerySet.as_manager()
@@ -104,8 +121,12 @@ class BillingOrder(TimestampedModel):
     class Meta:
         db_table = "billing_orders"
         constraints = [
-            models.CheckConstraint(condition=models.Q(credits_purchased__gt=0), name="billing_orders_credits_positive"),
-            models.CheckConstraint(condition=models.Q(total__gte=0), name="billing_orders_total_non_negative"),
+            models.CheckConstraint(
+                condition=models.Q(credits_purchased__gt=0), name="billing_orders_credits_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(total__gte=0), name="billing_orders_total_non_negative"
+            ),
             models.CheckConstraint(
                 condition=~models.Q(status="completed") | models.Q(paid_at__isnull=False),
                 name="billing_orders_completed_has_paid_at",
@@ -113,7 +134,9 @@ class BillingOrder(TimestampedModel):
         ]
         indexes = [
             models.Index(
-                models.F("tenant"), models.F("status"), models.F("paid_at").desc(nulls_last=True),
+                models.F("tenant"),
+                models.F("status"),
+                models.F("paid_at").desc(nulls_last=True),
                 name="idx_billing_orders_tenant_status_paid",
             ),
         ]
@@ -138,24 +161,40 @@ class CreditLedger(models.Model):
     balance_after = models.IntegerField()
     # Indexed through the partial unique "one purchase per order".
     billing_order = models.ForeignKey(
-        BillingOrder, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries",
+        BillingOrder,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="ledger_entries",
         db_index=False,
     )
     # Indexed through the partial unique indexes per delivery. String reference: deliveries → billing.
     delivery = models.ForeignKey(
-        "deliveries.Delivery", null=True, blank=True, on_delete=models.PROTECT,
-        related_name="ledger_entries", db_index=False,
+        "deliveries.Delivery",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="ledger_entries",
+        db_index=False,
     )
     # Charged leads are anonymised, never deleted, so PROTECT never scans in practice.
     lead_offer = models.ForeignKey(
-        LeadOffer, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries",
+        LeadOffer,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="ledger_entries",
         db_index=False,
     )
     description = models.CharField(max_length=300, blank=True)
     notes = models.TextField(blank=True)
     created_by = models.ForeignKey(
-        USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
-        related_name="+", db_index=False,
+        USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -165,11 +204,16 @@ class CreditLedger(models.Model):
         db_table = "credit_ledger"
         verbose_name_plural = "credit ledger"
         constraints = [
-            models.CheckConstraint(condition=models.Q(balance_after__gte=0), name="credit_ledger_balance_after_non_negative"),
+            models.CheckConstraint(
+                condition=models.Q(balance_after__gte=0), name="credit_ledger_balance_after_non_negative"
+            ),
             models.CheckConstraint(
                 condition=(
                     models.Q(transaction_type="CREDIT_CONSUMPTION", amount__lt=0)
-                    | models.Q(transaction_type__in=["CREDIT_PURCHASE", "CREDIT_REFUND", "CREDIT_BONUS"], amount__gt=0)
+                    | models.Q(
+                        transaction_type__in=["CREDIT_PURCHASE", "CREDIT_REFUND", "CREDIT_BONUS"],
+                        amount__gt=0,
+                    )
                     | (models.Q(transaction_type="CREDIT_ADJUSTMENT") & ~models.Q(amount=0))
                 ),
                 name="credit_ledger_amount_sign_matches_type",
@@ -181,27 +225,34 @@ class CreditLedger(models.Model):
             ),
             # The double-charge guard: one consumption per delivery.
             models.UniqueConstraint(
-                fields=["delivery"], name="idx_credit_ledger_delivery_consumption",
+                fields=["delivery"],
+                name="idx_credit_ledger_delivery_consumption",
                 condition=models.Q(transaction_type="CREDIT_CONSUMPTION"),
             ),
             # And one refund per delivery.
             models.UniqueConstraint(
-                fields=["delivery"], name="idx_credit_ledger_delivery_refund",
+                fields=["delivery"],
+                name="idx_credit_ledger_delivery_refund",
                 condition=models.Q(transaction_type="CREDIT_REFUND"),
             ),
             models.UniqueConstraint(
-                fields=["billing_order"], name="idx_credit_ledger_order_purchase",
+                fields=["billing_order"],
+                name="idx_credit_ledger_order_purchase",
                 condition=models.Q(transaction_type="CREDIT_PURCHASE"),
             ),
         ]
         indexes = [
             models.Index(
-                models.F("tenant"), models.F("transaction_type"), models.F("created_at").desc(),
+                models.F("tenant"),
+                models.F("transaction_type"),
+                models.F("created_at").desc(),
                 name="idx_credit_ledger_tenant_type_created",
             ),
             # The tenant's ledger page, newest first, whatever the type.
             models.Index(
-                models.F("tenant"), models.F("created_at").desc(), models.F("id").desc(),
+                models.F("tenant"),
+                models.F("created_at").desc(),
+                models.F("id").desc(),
                 name="idx_credit_ledger_tenant_created",
             ),
         ]
@@ -216,7 +267,9 @@ class TenantCreditBalance(models.Model):
     The single definition of a tenant's balance. The CHECK keeps it from ever going negative.
     """
 
-    tenant = models.OneToOneField(Tenant, primary_key=True, on_delete=models.CASCADE, related_name="credit_balance")
+    tenant = models.OneToOneField(
+        Tenant, primary_key=True, on_delete=models.CASCADE, related_name="credit_balance"
+    )
     balance = models.IntegerField(default=0)
     total_purchased = models.PositiveIntegerField(default=0)
     total_consumed = models.PositiveIntegerField(default=0)
@@ -230,7 +283,9 @@ class TenantCreditBalance(models.Model):
     class Meta:
         db_table = "tenant_credit_balances"
         constraints = [
-            models.CheckConstraint(condition=models.Q(balance__gte=0), name="tenant_credit_balances_non_negative"),
+            models.CheckConstraint(
+                condition=models.Q(balance__gte=0), name="tenant_credit_balances_non_negative"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -242,7 +297,9 @@ class PlatformCost(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Indexed as the leading column of the unique key.
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="platform_costs", db_index=False)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="platform_costs", db_index=False
+    )
     offer = models.ForeignKey(
         Offer, null=True, blank=True, on_delete=models.SET_NULL, related_name="platform_costs", db_index=False
     )
@@ -268,10 +325,15 @@ class PlatformCost(models.Model):
         db_table = "platform_costs"
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "platform", "ad_id", "date_start", "date_end"], name="platform_costs_period_uniq"
+                fields=["tenant", "platform", "ad_id", "date_start", "date_end"],
+                name="platform_costs_period_uniq",
             ),
-            models.CheckConstraint(condition=models.Q(date_end__gte=models.F("date_start")), name="platform_costs_period_ordered"),
-            models.CheckConstraint(condition=models.Q(spend__gte=0), name="platform_costs_spend_non_negative"),
+            models.CheckConstraint(
+                condition=models.Q(date_end__gte=models.F("date_start")), name="platform_costs_period_ordered"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(spend__gte=0), name="platform_costs_spend_non_negative"
+            ),
         ]
         indexes = [
             # Revenue over a date range for all tenants.

@@ -112,7 +112,9 @@ def _ledger_append(
 
 def _alert_if_low(*, tenant_id: uuid.UUID, before: int, after: int) -> None:
     threshold = (
-        TenantPricing.objects.filter(tenant_id=tenant_id).values_list("low_credit_threshold", flat=True).first()
+        TenantPricing.objects.filter(tenant_id=tenant_id)
+        .values_list("low_credit_threshold", flat=True)
+        .first()
     )
     if threshold is None:
         threshold = 10
@@ -150,7 +152,9 @@ def credit_purchase_record(
 ) -> BillingOrder:
     """Record a paid purchase: the completed order and its credits, in one transaction."""
     if credits <= 0:
-        raise InvalidAmount("A purchase must add at least one credit.", details={"credits": ["Must be positive."]})
+        raise InvalidAmount(
+            "A purchase must add at least one credit.", details={"credits": ["Must be positive."]}
+        )
     if total < 0:
         raise InvalidAmount("The total cannot be negative.", details={"total": ["Must not be negative."]})
     order = BillingOrder.objects.create(
@@ -191,7 +195,9 @@ def billing_order_complete(*, order: BillingOrder, actor: User | None = None) ->
 
 
 @transaction.atomic
-def trial_credits_grant(*, tenant: Tenant, actor: User | None = None, amount: int | None = None) -> CreditLedger:
+def trial_credits_grant(
+    *, tenant: Tenant, actor: User | None = None, amount: int | None = None
+) -> CreditLedger:
     """Grant the one-time trial credits. A second grant raises `TrialAlreadyGranted`."""
     tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
     if tenant.trial_credits_granted:
@@ -212,17 +218,31 @@ def trial_credits_grant(*, tenant: Tenant, actor: User | None = None, amount: in
     tenant.trial_credits_amount = amount
     tenant.trial_granted_at = timezone.now()
     tenant.trial_granted_by = actor
-    tenant.save(update_fields=["trial_credits_granted", "trial_credits_amount", "trial_granted_at", "trial_granted_by", "updated_at"])
+    tenant.save(
+        update_fields=[
+            "trial_credits_granted",
+            "trial_credits_amount",
+            "trial_granted_at",
+            "trial_granted_by",
+            "updated_at",
+        ]
+    )
     return entry
 
 
 @transaction.atomic
-def credit_bonus_grant(*, tenant: Tenant, amount: int, reason: str, actor: User | None = None) -> CreditLedger:
+def credit_bonus_grant(
+    *, tenant: Tenant, amount: int, reason: str, actor: User | None = None
+) -> CreditLedger:
     if amount <= 0:
         raise InvalidAmount("A bonus must be positive.", details={"amount": ["Must be positive."]})
     return _ledger_append(
-        tenant_id=tenant.pk, transaction_type=T.CREDIT_BONUS, amount=amount,
-        description="Bonus credits", notes=reason, created_by=actor,
+        tenant_id=tenant.pk,
+        transaction_type=T.CREDIT_BONUS,
+        amount=amount,
+        description="Bonus credits",
+        notes=reason,
+        created_by=actor,
     )
 
 
@@ -232,19 +252,31 @@ def credit_adjust(*, tenant: Tenant, amount: int, reason: str, actor: User) -> C
     if not reason.strip():
         raise InvalidAmount("An adjustment needs a reason.", details={"reason": ["This field is required."]})
     return _ledger_append(
-        tenant_id=tenant.pk, transaction_type=T.CREDIT_ADJUSTMENT, amount=amount,
-        description="Staff adjustment", notes=reason, created_by=actor,
+        tenant_id=tenant.pk,
+        transaction_type=T.CREDIT_ADJUSTMENT,
+        amount=amount,
+        description="Staff adjustment",
+        notes=reason,
+        created_by=actor,
     )
 
 
 @transaction.atomic
 def credit_consume(
-    *, tenant_id: uuid.UUID, delivery_id: uuid.UUID, lead_offer_id: uuid.UUID, description: str = "Lead delivery"
+    *,
+    tenant_id: uuid.UUID,
+    delivery_id: uuid.UUID,
+    lead_offer_id: uuid.UUID,
+    description: str = "Lead delivery",
 ) -> CreditLedger:
     """Charge one credit for a delivery. Raises `NotEnoughCredits` or `AlreadyCharged`."""
     return _ledger_append(
-        tenant_id=tenant_id, transaction_type=T.CREDIT_CONSUMPTION, amount=-1,
-        delivery_id=delivery_id, lead_offer_id=lead_offer_id, description=description,
+        tenant_id=tenant_id,
+        transaction_type=T.CREDIT_CONSUMPTION,
+        amount=-1,
+        delivery_id=delivery_id,
+        lead_offer_id=lead_offer_id,
+        description=description,
     )
 
 
@@ -259,9 +291,14 @@ def credit_refund(
     if consumption is None:
         raise NothingToRefund()
     return _ledger_append(
-        tenant_id=tenant_id, transaction_type=T.CREDIT_REFUND, amount=-consumption.amount,
-        delivery_id=delivery_id, lead_offer_id=consumption.lead_offer_id,
-        description="Credit refund", notes=reason, created_by=actor,
+        tenant_id=tenant_id,
+        transaction_type=T.CREDIT_REFUND,
+        amount=-consumption.amount,
+        delivery_id=delivery_id,
+        lead_offer_id=consumption.lead_offer_id,
+        description="Credit refund",
+        notes=reason,
+        created_by=actor,
     )
 
 

@@ -41,7 +41,11 @@ class InvalidInput(DomainError):
 
 
 class Unauthenticated(DomainError):
-    code, http_status, message = ErrorCode.UNAUTHENTICATED, 401, "Authentication credentials were not provided or are invalid."
+    code, http_status, message = (
+        ErrorCode.UNAUTHENTICATED,
+        401,
+        "Authentication credentials were not provided or are invalid.",
+    )
 
 
 class Forbidden(DomainError):
@@ -54,7 +58,8 @@ class NotAMember(DomainError):
 
 class TenantRequired(DomainError):
     code, http_status, message = (
-        ErrorCode.TENANT_REQUIRED, 400,
+        ErrorCode.TENANT_REQUIRED,
+        400,
         "Name the tenant to act for with the X-Tenant-ID header.",
     )
 

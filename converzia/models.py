@@ -154,15 +154,21 @@ class Tenant(TimestampedModel):
     trial_credits_amount = models.PositiveIntegerField(default=0)
     trial_granted_at = models.DateTimeField(null=True, blank=True)
     trial_granted_by = models.ForeignKey(
-        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", db_index=False,
+        USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
 
     class Meta:
         db_table = "tenants"
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(slug__regex=r"^[a-z0-9-]+$"), name="tenants_slug_format"),
+            models.CheckConstraint(
+                condition=models.Q(slug__regex=r"^[a-z0-9-]+$"), name="tenants_slug_format"
+            ),
             models.CheckConstraint(
                 condition=models.Q(default_score_threshold__lte=100), name="tenants_score_threshold_range"
             ),
@@ -194,20 +200,26 @@ class TenantMemberQuerySet(models.QuerySet["TenantMember"]):
 class TenantMember(TimestampedModel):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="members", db_index=False)
-    user = models.ForeignKey(
-        USER_MODEL, on_delete=models.CASCADE, related_name="memberships", db_index=False
-    )
+    user = models.ForeignKey(USER_MODEL, on_delete=models.CASCADE, related_name="memberships", db_index=False)
     role = models.CharField(max_length=16, choices=TenantRole.choices, default=TenantRole.VIEWER)
     status = models.CharField(
         max_length=20, choices=MembershipStatus.choices, default=MembershipStatus.PENDING_APPROVAL
     )
     invited_by = models.ForeignKey(
-        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", db_index=False,
+        USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     approved_by = models.ForeignKey(
-        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", db_index=False,
+        USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     approved_at = models.DateTimeField(null=True, blank=True)
     rejected_at = models.DateTimeField(null=True, blank=True)
@@ -224,11 +236,13 @@ class TenantMember(TimestampedModel):
         indexes = [
             # Tenant resolution on every request: the caller's ACTIVE memberships.
             models.Index(
-                fields=["user"], name="idx_tenant_members_user_active",
+                fields=["user"],
+                name="idx_tenant_members_user_active",
                 condition=models.Q(status="ACTIVE"),
             ),
             models.Index(
-                fields=["tenant", "created_at"], name="idx_tenant_members_tenant_active_created",
+                fields=["tenant", "created_at"],
+                name="idx_tenant_members_tenant_active_created",
                 condition=models.Q(status="ACTIVE"),
             ),
         ]

@@ -95,7 +95,9 @@ def resolve_tenant(user: User, tenant_header: str | None) -> TenantContext:
         try:
             requested_id = uuid.UUID(tenant_header.strip())
         except ValueError:
-            raise InvalidInput("X-Tenant-ID must be a tenant UUID.", details={"X-Tenant-ID": ["Not a UUID."]})
+            raise InvalidInput(
+                "X-Tenant-ID must be a tenant UUID.", details={"X-Tenant-ID": ["Not a UUID."]}
+            ) from None
 
     memberships = TenantMember.objects.active().filter(user=user).select_related("tenant")
     if requested_id is not None:

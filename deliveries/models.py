@@ -29,8 +29,12 @@ class DeliveryDestination(TimestampedModel):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Indexed as the leading column of the (tenant, type) unique constraint.
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="delivery_destinations", db_index=False)
-    destination_type = models.CharField(max_length=16, choices=DestinationType.choices, default=DestinationType.WEBHOOK)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="delivery_destinations", db_index=False
+    )
+    destination_type = models.CharField(
+        max_length=16, choices=DestinationType.choices, default=DestinationType.WEBHOOK
+    )
     url = models.URLField(max_length=500)
     secret = models.CharField(max_length=100, default=new_webhook_secret)
     is_active = models.BooleanField(default=True)
@@ -44,7 +48,9 @@ class DeliveryDestination(TimestampedModel):
     class Meta:
         db_table = "delivery_destinations"
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "destination_type"], name="delivery_destinations_tenant_type_uniq"),
+            models.UniqueConstraint(
+                fields=["tenant", "destination_type"], name="delivery_destinations_tenant_type_uniq"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -96,7 +102,9 @@ DELIVERY_TRANSITIONS: dict[str, frozenset[str]] = {
 class DeliveryQuerySet(TenantScopedQuerySet):
     def due(self, now: timezone.datetime | None = None) -> DeliveryQuerySet:
         now = now or timezone.now()
-        return self.filter(status__in=[DeliveryStatus.PENDING, DeliveryStatus.FAILED], next_attempt_at__lte=now)
+        return self.filter(
+            status__in=[DeliveryStatus.PENDING, DeliveryStatus.FAILED], next_attempt_at__lte=now
+        )
 
 
 class Delivery(TimestampedModel):
@@ -110,7 +118,11 @@ class Delivery(TimestampedModel):
         Offer, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries", db_index=False
     )
     destination = models.ForeignKey(
-        DeliveryDestination, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries",
+        DeliveryDestination,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deliveries",
         db_index=False,
     )
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
@@ -134,20 +146,26 @@ class Delivery(TimestampedModel):
         verbose_name_plural = "deliveries"
         constraints = [
             models.CheckConstraint(
-                condition=~models.Q(status__in=["DELIVERED", "PARTIAL"]) | models.Q(delivered_at__isnull=False),
+                condition=~models.Q(status__in=["DELIVERED", "PARTIAL"])
+                | models.Q(delivered_at__isnull=False),
                 name="deliveries_delivered_has_timestamp",
             ),
         ]
         indexes = [
             # The guide's queue scan: deliveries by status, newest first.
-            models.Index(models.F("status"), models.F("created_at").desc(), name="idx_deliveries_status_created"),
             models.Index(
-                models.F("tenant"), models.F("status"), models.F("created_at").desc(),
+                models.F("status"), models.F("created_at").desc(), name="idx_deliveries_status_created"
+            ),
+            models.Index(
+                models.F("tenant"),
+                models.F("status"),
+                models.F("created_at").desc(),
                 name="idx_deliveries_tenant_status_created",
             ),
             # The worker's sweep: what is due to be (re)sent.
             models.Index(
-                fields=["next_attempt_at"], name="idx_deliveries_due",
+                fields=["next_attempt_at"],
+                name="idx_deliveries_due",
                 condition=models.Q(status__in=["PENDING", "FAILED"]),
             ),
         ]
@@ -169,7 +187,12 @@ class DeliveryAttempt(models.Model):
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts", db_index=False)
     attempt_number = models.PositiveSmallIntegerField()
     destination = models.ForeignKey(
-        DeliveryDestination, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        DeliveryDestination,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     url = models.URLField(max_length=500, blank=True)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -183,7 +206,9 @@ class DeliveryAttempt(models.Model):
         db_table = "delivery_attempts"
         ordering = ["delivery", "attempt_number"]
         constraints = [
-            models.UniqueConstraint(fields=["delivery", "attempt_number"], name="delivery_attempts_delivery_number_uniq"),
+            models.UniqueConstraint(
+                fields=["delivery", "attempt_number"], name="delivery_attempts_delivery_number_uniq"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -28,9 +28,7 @@ FUNNEL_STAGES: tuple[FunnelStage, ...] = (
 )
 
 STAGE_KEYS: tuple[str, ...] = tuple(stage.key for stage in FUNNEL_STAGES)
-STAGE_BY_STATUS: dict[str, str] = {
-    status: stage.key for stage in FUNNEL_STAGES for status in stage.statuses
-}
+STAGE_BY_STATUS: dict[str, str] = {status: stage.key for stage in FUNNEL_STAGES for status in stage.statuses}
 
 
 def stage_for_status(status: str) -> str:
@@ -52,8 +50,7 @@ def unmapped_statuses() -> list[str]:
 def stage_count_aggregates(status_field: str = "status") -> dict[str, Count]:
     """One `Count(filter=...)` per stage, for `.aggregate()` or `.annotate()` over lead_offers."""
     return {
-        stage.key: Count("pk", filter=Q(**{f"{status_field}__in": stage.statuses}))
-        for stage in FUNNEL_STAGES
+        stage.key: Count("pk", filter=Q(**{f"{status_field}__in": stage.statuses})) for stage in FUNNEL_STAGES
     }
 
 

@@ -131,8 +131,12 @@ class Offer(TimestampedModel):
     submitted_at = models.DateTimeField(null=True, blank=True)
     approved_at = models.DateTimeField(null=True, blank=True)
     approved_by = models.ForeignKey(
-        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", db_index=False,
+        USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     rejection_reason = models.TextField(blank=True)
 
@@ -177,8 +181,12 @@ class AdOfferMap(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     created_by = models.ForeignKey(
-        USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", db_index=False,
+        USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
 
     objects = TenantScopedQuerySet.as_manager()
@@ -215,7 +223,9 @@ class Lead(TimestampedModel):
     class Meta:
         db_table = "leads"
         constraints = [
-            models.CheckConstraint(condition=models.Q(phone__regex=r"^\+[1-9][0-9]{6,14}$"), name="leads_phone_e164"),
+            models.CheckConstraint(
+                condition=models.Q(phone__regex=r"^\+[1-9][0-9]{6,14}$"), name="leads_phone_e164"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -250,14 +260,16 @@ class LeadSource(models.Model):
         db_table = "lead_sources"
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "leadgen_id"], name="idx_lead_sources_unique_tenant_leadgen",
+                fields=["tenant", "leadgen_id"],
+                name="idx_lead_sources_unique_tenant_leadgen",
                 condition=models.Q(leadgen_id__isnull=False),
             ),
         ]
         indexes = [
             # The guide's pattern `lead_sources WHERE leadgen_id` (inbox dedupe, support lookups).
             models.Index(
-                fields=["leadgen_id"], name="idx_lead_sources_leadgen_id",
+                fields=["leadgen_id"],
+                name="idx_lead_sources_leadgen_id",
                 condition=models.Q(leadgen_id__isnull=False),
             ),
             models.Index(fields=["tenant", "-created_at"], name="idx_lead_sources_tenant_created"),
@@ -288,7 +300,11 @@ class LeadOffer(TimestampedModel):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="lead_offers", db_index=False)
     # Rarely traversed in this direction; a GDPR delete of a source is a one-off.
     lead_source = models.ForeignKey(
-        LeadSource, null=True, blank=True, on_delete=models.SET_NULL, related_name="lead_offers",
+        LeadSource,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="lead_offers",
         db_index=False,
     )
     status = models.CharField(
@@ -327,7 +343,8 @@ class LeadOffer(TimestampedModel):
             ),
             # NULL offer ids never collide above: at most one unmapped row per lead and tenant.
             models.UniqueConstraint(
-                fields=["tenant", "lead"], name="idx_lead_offers_unique_unmapped_per_tenant",
+                fields=["tenant", "lead"],
+                name="idx_lead_offers_unique_unmapped_per_tenant",
                 condition=models.Q(offer__isnull=True),
             ),
             models.CheckConstraint(
@@ -338,12 +355,17 @@ class LeadOffer(TimestampedModel):
         indexes = [
             # Lead list by status, newest first; `id` breaks ties for keyset pagination.
             models.Index(
-                "tenant", "status", models.F("updated_at").desc(), models.F("id").desc(),
+                "tenant",
+                "status",
+                models.F("updated_at").desc(),
+                models.F("id").desc(),
                 name="idx_lead_offers_tenant_status_updated",
             ),
             # Lead list without a status filter; same tie-breaker.
             models.Index(
-                "tenant", models.F("updated_at").desc(), models.F("id").desc(),
+                "tenant",
+                models.F("updated_at").desc(),
+                models.F("id").desc(),
                 name="idx_lead_offers_tenant_updated",
             ),
             # Per-offer funnel counts within a tenant, index-only.
@@ -351,7 +373,8 @@ class LeadOffer(TimestampedModel):
             models.Index(fields=["offer"], name="idx_lead_offers_offer"),
             # Contact scheduler: only rows that still wait for an attempt.
             models.Index(
-                fields=["next_attempt_at"], name="idx_lead_offers_next_attempt",
+                fields=["next_attempt_at"],
+                name="idx_lead_offers_next_attempt",
                 condition=models.Q(next_attempt_at__isnull=False)
                 & ~models.Q(status__in=["STOPPED", "DISQUALIFIED", "SENT_TO_DEVELOPER"]),
             ),

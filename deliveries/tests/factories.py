@@ -27,10 +27,14 @@ class DeliveryFactory(factory.django.DjangoModelFactory):
     tenant = factory.SelfAttribute("lead_offer.tenant")
     offer = factory.SelfAttribute("lead_offer.offer")
     status = DeliveryStatus.PENDING
-    payload = factory.LazyAttribute(lambda o: {"lead": {"name": "Test"}, "lead_offer_id": str(o.lead_offer.pk)})
+    payload = factory.LazyAttribute(
+        lambda o: {"lead": {"name": "Test"}, "lead_offer_id": str(o.lead_offer.pk)}
+    )
 
     class Params:
-        delivered = factory.Trait(status=DeliveryStatus.DELIVERED, delivered_at=factory.LazyFunction(timezone.now))
+        delivered = factory.Trait(
+            status=DeliveryStatus.DELIVERED, delivered_at=factory.LazyFunction(timezone.now)
+        )
 
 
 class DeliveryAttemptFactory(factory.django.DjangoModelFactory):
