@@ -322,6 +322,8 @@ def tenant_approve(*, tenant: Tenant, actor: User | None = None) -> Tenant:
     TenantPricing.objects.get_or_create(tenant=tenant)
     if not tenant.trial_credits_granted:
         trial_credits_grant(tenant=tenant, actor=actor)
+        # The grant saved its own copy of the row; callers serialise what we return.
+        tenant.refresh_from_db()
     return tenant
 
 
@@ -332,6 +334,10 @@ def tenant_reject(*, tenant: Tenant, reason: str, actor: User | None = None) -> 
     tenant.rejected_reason = reason
     tenant.save(update_fields=["rejected_at", "rejected_reason", "updated_at"])
     TenantMember.objects.filter(tenant=tenant, status=MembershipStatus.PENDING_APPROVAL).update(
-        status=MembershipStatus.REVOKED, rejected_at=tenant.rejected_at, rejected_reason=reason
+        status=MembershipStatus.REVOKED,
+        rejected_at=tenant.rejected_at,
+        rejected_reason=reason,
+        # QuerySet.update() skips auto_now.
+        updated_at=tenant.rejected_at,
     )
     return tenant

@@ -29,10 +29,20 @@ class DomainError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL_ERROR
     http_status: int = 500
     message: str = "Something went wrong."
+    # Seconds after which a retry may succeed; the API sends it as `Retry-After` (429/503 errors).
+    retry_after: int | None = None
 
-    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         self.message = message or self.message
         self.details = details or {}
+        if retry_after is not None:
+            self.retry_after = retry_after
         super().__init__(self.message)
 
 

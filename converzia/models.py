@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from converzia.tenancy import TenantScopedQuerySet
+
 # Bound once: several models have a field called `settings`.
 USER_MODEL = django_settings.AUTH_USER_MODEL
 
@@ -192,7 +194,9 @@ class MembershipStatus(models.TextChoices):
     REVOKED = "REVOKED"
 
 
-class TenantMemberQuerySet(models.QuerySet["TenantMember"]):
+class TenantMemberQuerySet(TenantScopedQuerySet):
+    """Members are tenant data like any other: team reads start from `scoped(TenantMember, tenant)`."""
+
     def active(self) -> TenantMemberQuerySet:
         return self.filter(status=MembershipStatus.ACTIVE)
 

@@ -1,6 +1,26 @@
+"""Root URLs. API routes live under /api/; anything else under /api/ answers the JSON 404.
+
+Each area mounts its own URL module here (the root URLconf is the one place allowed to name them all):
+- /api/            kernel: auth/token, health/live, schema/, docs/ (converzia.api.urls)
+- /api/portal/     tenant endpoints (portal.api.urls)
+Later: /api/health (readiness), /api/webhooks/, /api/ops/, /api/admin/, /metrics.
+"""
+
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path, re_path
+
+from converzia.views import api_not_found
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("converzia.api.urls")),
+    path("api/portal/", include("portal.api.urls")),
+    # Must stay last: unknown /api/ paths get the JSON error shape even with DEBUG on, and never an
+    # APPEND_SLASH redirect (a redirected POST loses its body).
+    re_path(r"^api/", api_not_found),
 ]
+
+handler400 = "converzia.views.bad_request"
+handler403 = "converzia.views.permission_denied"
+handler404 = "converzia.views.page_not_found"
+handler500 = "converzia.views.server_error"

@@ -137,11 +137,16 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # JSON only; local.py adds the browsable API for development.
+    "DEFAULT_RENDERER_CLASSES": ["converzia.api.renderers.OrjsonRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "converzia.api.exception_handler.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_RATES": {"auth_token": env.str("AUTH_TOKEN_THROTTLE_RATE", default="10/minute")},
+    # Proxies in front of the app that append to X-Forwarded-For (0: trust only REMOTE_ADDR), so a
+    # client cannot pick its own throttling identity.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
 
 SPECTACULAR_SETTINGS = {
@@ -153,6 +158,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Status enums of different models share field names (`status`); name their components explicitly.
+    "ENUM_NAME_OVERRIDES": {
+        "OfferStatusEnum": "leads.models.OfferStatus",
+        "OfferApprovalStatusEnum": "leads.models.OfferApprovalStatus",
+        "ErrorCodeEnum": "converzia.api.schema.error_code_choices",
+    },
 }
 
 # --- Logging --------------------------------------------------------------------------------

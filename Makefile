@@ -1,0 +1,72 @@
+# Developer and CI commands. `make help` lists them; docs/development.md explains them.
+# Every target creates the virtualenv and installs requirements.txt first when needed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Touched after a successful install; reinstall when requirements.txt is newer.
+INSTALLED := $(VENV)/.requirements-installed
+
+PYTEST_ARGS ?=
+LOAD_USERS ?= 20
+LOAD_SPAWN_RATE ?= 5
+LOAD_TIME ?= 30s
+LOAD_HOST ?=
+
+.PHONY: help install run test lint format migrations-check load reset test-env
+
+help:
+	@echo "make run               start the stack (embedded PostgreSQL/Valkey unless DATABASE_URL/REDIS_URL are set)"
+	@echo "make test              run the test suite (PYTEST_ARGS='-k ... --create-db' to pass options)"
+	@echo "make lint              ruff check + ruff format --check"
+	@echo "make format            ruff format + ruff check --fix"
+	@echo "make migrations-check  fail when models and migrations disagree"
+	@echo "make load              30 s headless locust run against a running server, reports in reports/"
+	@echo "make reset             stop leftovers and delete .data/ (embedded database and demo credentials)"
+	@echo "make test-env          show which PostgreSQL/Redis the tests would use"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+install: $(INSTALLED)
+
+run: $(INSTALLED)
+	$(PY) -m converzia.devstack run
+
+test: $(INSTALLED)
+	$(PY) -m converzia.devstack test -- $(PYTEST_ARGS)
+
+test-env: $(INSTALLED)
+	@$(PY) -m converzia.devstack test-env
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# makemigrations reads the database only to check migration history; give it the test servers.
+migrations-check: $(INSTALLED)
+	$(PY) -m converzia.devstack exec -- $(PY) manage.py makemigrations --check --dry-run
+
+# Against LOAD_HOST, else the running `make run` (whatever port it picked), else http://127.0.0.1:8000.
+load: $(INSTALLED)
+	@mkdir -p reports
+	host="$(LOAD_HOST)"; \
+	if [ -z "$$host" ]; then host="$$($(PY) -m converzia.devstack url 2>/dev/null || echo http://127.0.0.1:8000)"; fi; \
+	echo "locust against $$host for $(LOAD_TIME)"; \
+	$(VENV)/bin/locust -f locustfile.py --headless --host "$$host" \
+		--users $(LOAD_USERS) --spawn-rate $(LOAD_SPAWN_RATE) --run-time $(LOAD_TIME) \
+		--csv reports/load --html reports/load.html --only-summary
+
+reset: $(INSTALLED)
+	$(PY) -m converzia.devstack reset

@@ -1,0 +1,61 @@
+"""`Authorization: Bearer <token>` authentication against `converzia.models.ApiToken`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from converzia.errors import Unauthenticated
+from converzia.models import ApiToken, User
+from converzia.request_context import user_id_var
+from converzia.services import api_token_authenticate
+
+BEARER_REALM = 'Bearer realm="api"'
+
+
+class BearerTokenAuthentication(BaseAuthentication):
+    """Per-user API tokens. Requests without a Bearer header fall through to the next class (session)."""
+
+    keyword = b"bearer"
+
+    def authenticate(self, request: Request) -> tuple[User, ApiToken] | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("The Authorization header must be 'Bearer <token>'.")
+        try:
+            raw_token = parts[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("Invalid token.") from None
+        try:
+            token = api_token_authenticate(raw_token=raw_token)
+        except Unauthenticated as exc:
+            # DRF only resets `request.user` on its own exception type; a foreign one would leave the
+            # request half-authenticated for the renderer.
+            raise exceptions.AuthenticationFailed(exc.message) from None
+        user_id_var.set(str(token.user.pk))
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return BEARER_REALM
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """Documents the Bearer scheme in the OpenAPI schema."""
+
+    target_class = BearerTokenAuthentication
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": (
+                "A personal API token: `manage.py create_api_token <email>` or POST /api/auth/token."
+            ),
+        }

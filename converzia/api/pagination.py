@@ -1,0 +1,244 @@
+"""Keyset (cursor) pagination: every page costs one indexed range scan, however deep (API.md "Pagination").
+
+The page after a row is `WHERE (k1, k2) < (v1, v2) ORDER BY k1 DESC, k2 DESC LIMIT n + 1`, written as
+`k1 <= v1 AND (k1 < v1 OR (k1 = v1 AND k2 < v2))`: the first conjunct is an index range condition, so
+PostgreSQL starts the scan at the cursor (instead of filtering from the top); the rest only re-checks
+rows that tie on `k1`. No OFFSET anywhere (DRF's CursorPagination falls back to offsets for ties).
+
+The cursor is the last row's sort-key values, as base64url JSON, signed so that a tampered cursor is a
+400 rather than a silently different page. The sort key must end with a unique column (`id`), so the
+key is a total order and every row is listed exactly once, ties included.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from django.core import signing
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Field, Model, Q, QuerySet
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import BasePagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: str
+    descending: bool
+
+    @classmethod
+    def parse(cls, spec: str) -> SortKey:
+        return cls(field=spec.removeprefix("-"), descending=spec.startswith("-"))
+
+    def reversed(self) -> SortKey:
+        return SortKey(field=self.field, descending=not self.descending)
+
+    def order_by(self) -> str:
+        return f"-{self.field}" if self.descending else self.field
+
+
+@dataclass(frozen=True)
+class Cursor:
+    values: tuple[Any, ...]
+    # True: the rows *before* `values` (a "previous" link); False: the rows after it.
+    backwards: bool
+
+
+def keyset_filter(keys: Sequence[SortKey], values: Sequence[Any]) -> Q:
+    """Rows strictly after `values` in the order `keys` (see the module docstring for the shape)."""
+    first = keys[0]
+    bound = Q(**{f"{first.field}__{'lte' if first.descending else 'gte'}": values[0]})
+    after = Q()
+    for position, key in enumerate(keys):
+        ties = {keys[index].field: values[index] for index in range(position)}
+        after |= Q(**ties, **{f"{key.field}__{'lt' if key.descending else 'gt'}": values[position]})
+    return bound & after
+
+
+class KeysetPagination(BasePagination):
+    """`?page_size=` (1..200, default 50) and an opaque `?cursor=`; body `{results, next, previous}`.
+
+    A view picks its sort key with `keyset_ordering` (default newest first: `("-created_at", "-id")`).
+    Sort-key columns must be non-null model fields.
+    """
+
+    ordering: tuple[str, ...] = ("-created_at", "-id")
+    page_size = DEFAULT_PAGE_SIZE
+    max_page_size = MAX_PAGE_SIZE
+    cursor_query_param = "cursor"
+    page_size_query_param = "page_size"
+
+    def __init__(self) -> None:
+        self.request: Request | None = None
+        self.next_cursor: str | None = None
+        self.previous_cursor: str | None = None
+
+    @property
+    def query_params(self) -> frozenset[str]:
+        """The query parameters this paginator owns (the base view allows them on list actions)."""
+        return frozenset({self.cursor_query_param, self.page_size_query_param})
+
+    # --- DRF pagination interface ------------------------------------------------------------------
+
+    def paginate_queryset(self, queryset: QuerySet[Any], request: Request, view: Any = None) -> list[Any]:
+        self.request = request
+        keys = self._sort_keys(queryset.model, view)
+        fields = [queryset.model._meta.get_field(key.field) for key in keys]
+        page_size = self._page_size(request)
+        cursor = self._decode(request.query_params.get(self.cursor_query_param), keys, fields)
+
+        backwards = cursor is not None and cursor.backwards
+        scan_keys = [key.reversed() for key in keys] if backwards else keys
+        queryset = queryset.order_by(*(key.order_by() for key in scan_keys))
+        if cursor is not None:
+            queryset = queryset.filter(keyset_filter(scan_keys, cursor.values))
+        rows = list(queryset[: page_size + 1])
+        more_in_scan_direction = len(rows) > page_size
+        rows = rows[:page_size]
+        if backwards:
+            rows.reverse()
+
+        # Going forwards, rows precede the page iff we came from a cursor; going backwards, rows follow
+        # the page (at least the cursor's own row) and precede it iff the scan found one more.
+        has_next = True if backwards else more_in_scan_direction
+        has_previous = more_in_scan_direction if backwards else cursor is not None
+        self.next_cursor = (
+            self._encode(rows[-1], fields, keys, backwards=False) if rows and has_next else None
+        )
+        self.previous_cursor = (
+            self._encode(rows[0], fields, keys, backwards=True) if rows and has_previous else None
+        )
+        return rows
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response({"results": data, "next": self.get_next_link(), "previous": self.get_previous_link()})
+
+    def get_next_link(self) -> str | None:
+        return self._link(self.next_cursor)
+
+    def get_previous_link(self) -> str | None:
+        return self._link(self.previous_cursor)
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        link = {"type": "string", "format": "uri", "nullable": True}
+        return {
+            "type": "object",
+            "required": ["results", "next", "previous"],
+            "properties": {"results": schema, "next": link, "previous": link},
+        }
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "Opaque cursor from a previous page's `next` or `previous` link.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": self.page_size_query_param,
+                "required": False,
+                "in": "query",
+                "description": f"Rows per page (1-{self.max_page_size}, default {self.page_size}).",
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": self.max_page_size,
+                    "default": self.page_size,
+                },
+            },
+        ]
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def _sort_keys(self, model: type[Model], view: Any) -> list[SortKey]:
+        ordering = getattr(view, "keyset_ordering", None) or self.ordering
+        keys = [SortKey.parse(spec) for spec in ordering]
+        try:
+            last = model._meta.get_field(keys[-1].field)
+        except FieldDoesNotExist as exc:
+            raise ImproperlyConfigured(f"Keyset ordering {ordering!r}: {exc}") from exc
+        if not (last.primary_key or last.unique):
+            raise ImproperlyConfigured(f"Keyset ordering {ordering!r} must end with a unique field.")
+        return keys
+
+    def _page_size(self, request: Request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        try:
+            size = int(raw)
+        except ValueError:
+            size = 0
+        if not 1 <= size <= self.max_page_size:
+            raise ValidationError(
+                {self.page_size_query_param: [f"Must be a whole number from 1 to {self.max_page_size}."]}
+            )
+        return size
+
+    def _signer(self, keys: Sequence[SortKey]) -> signing.Signer:
+        # The sort key is part of the salt: a cursor only works with the ordering that produced it.
+        salt = "converzia.keyset:" + ",".join(key.order_by() for key in keys)
+        return signing.Signer(salt=salt, sep=".")
+
+    def _encode(self, row: Any, fields: Sequence[Field], keys: Sequence[SortKey], *, backwards: bool) -> str:
+        values = [_to_json(_row_value(row, field)) for field in fields]
+        payload = orjson.dumps({"b": int(backwards), "v": values})
+        encoded = base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")
+        return self._signer(keys).sign(encoded)
+
+    def _decode(self, raw: str | None, keys: Sequence[SortKey], fields: Sequence[Field]) -> Cursor | None:
+        if raw is None:
+            return None
+        invalid = ValidationError({self.cursor_query_param: ["Invalid cursor."]})
+        try:
+            encoded = self._signer(keys).unsign(raw)
+            payload = orjson.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+            values = payload["v"]
+            if not isinstance(values, list) or len(values) != len(fields) or payload["b"] not in (0, 1):
+                raise invalid
+            parsed = tuple(field.to_python(value) for field, value in zip(fields, values, strict=True))
+        except (signing.BadSignature, binascii.Error, orjson.JSONDecodeError, KeyError, TypeError):
+            raise invalid from None
+        except (DjangoValidationError, ValueError):
+            raise invalid from None
+        if any(value is None for value in parsed):
+            raise invalid
+        return Cursor(values=parsed, backwards=bool(payload["b"]))
+
+    def _link(self, cursor: str | None) -> str | None:
+        if cursor is None or self.request is None:
+            return None
+        return replace_query_param(self.request.build_absolute_uri(), self.cursor_query_param, cursor)
+
+
+def _row_value(row: Any, field: Field) -> Any:
+    if isinstance(row, dict):
+        return row[field.name] if field.name in row else row[field.attname]
+    return getattr(row, field.attname)
+
+
+def _to_json(value: Any) -> Any:
+    if value is None:
+        raise ImproperlyConfigured("Keyset pagination cannot order by a column that holds NULL.")
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    return value

@@ -1,0 +1,98 @@
+"""OpenAPI schema pieces shared by every endpoint: the error envelope and the default error responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.openapi import AutoSchema
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+
+from converzia.errors import ErrorCode
+
+
+def error_code_choices() -> list[str]:
+    """The error codes, for the `code` field and SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]."""
+    return [code.value for code in ErrorCode]
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=error_code_choices())
+    message = serializers.CharField(help_text="A human sentence; not meant for parsing.")
+    details = serializers.DictField(help_text="Field errors for 400s (`{field: [messages]}`), else context.")
+    request_id = serializers.CharField(help_text="The X-Request-ID of the request; quote it in reports.")
+
+
+class ErrorResponseSerializer(serializers.Serializer):
+    """`{"error": {...}}`: the one shape of every error response (API.md "Errors")."""
+
+    error = ErrorSerializer()
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "`invalid_input`: field errors and unknown query parameters are listed in `details`.",
+    401: "`unauthenticated`: no, invalid, expired or revoked credentials.",
+    403: "`forbidden`: not allowed to do this.",
+    404: "`not_found`: missing, or belongs to another tenant (the two are indistinguishable).",
+    429: "`rate_limited`, with `Retry-After`.",
+    500: "`internal_error`.",
+    503: "`query_timeout` or `unavailable`, with `Retry-After`.",
+}
+
+TENANT_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: " `tenant_required`: several memberships and no X-Tenant-ID header.",
+    403: " `not_a_member`: X-Tenant-ID names a tenant the caller is not an active member of.",
+}
+
+
+class ApiAutoSchema(AutoSchema):
+    """Adds the error responses an operation can produce, all pointing at the shared error component.
+
+    A view can name more statuses with `schema_error_statuses` (e.g. `(409, 503)`).
+    """
+
+    def get_serializer_name(self, serializer: Any, direction: Any) -> str:
+        """Component names for serializers nested in views (STYLE.md pattern 3).
+
+        `OfferViewSet.OutputSerializer` → `Offer`, `OfferViewSet.InputSerializer` → `OfferInput`, so
+        every view can call its nested classes Output/Input without colliding in the schema.
+        """
+        qualname = type(serializer).__qualname__
+        outer, _, inner = qualname.rpartition(".")
+        if not outer or "<locals>" in qualname:
+            return super().get_serializer_name(serializer, direction)
+        base = outer.rpartition(".")[2]
+        for suffix in ("ViewSet", "View"):
+            base = base.removesuffix(suffix)
+        inner = inner.removesuffix("Serializer")
+        return base if inner == "Output" else base + inner
+
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        responses = super()._get_response_bodies(direction)
+        for status_code in sorted(self._error_statuses()):
+            key = str(status_code)
+            if key in responses:
+                continue
+            response = self._get_response_for_code(ErrorResponseSerializer, key, direction=direction)
+            response["description"] = self._error_description(status_code)
+            responses[key] = response
+        return responses
+
+    def _error_description(self, status_code: int) -> str:
+        description = ERROR_DESCRIPTIONS.get(status_code, "An error.")
+        if hasattr(self.view, "required_permission"):  # a tenant view (converzia.api.base.TenantMixin)
+            description += TENANT_ERROR_DESCRIPTIONS.get(status_code, "")
+        return description
+
+    def _error_statuses(self) -> set[int]:
+        view = self.view
+        statuses = {400, 500}
+        permission_classes = getattr(view, "permission_classes", ())
+        if not all(issubclass(cls, AllowAny) for cls in permission_classes):
+            statuses |= {401, 403}
+        if "{" in self.path:
+            statuses.add(404)
+        if getattr(view, "throttle_classes", ()):
+            statuses.add(429)
+        statuses |= set(getattr(view, "schema_error_statuses", ()))
+        return statuses

@@ -1,0 +1,27 @@
+"""Kernel routes under /api/: token login, liveness, the OpenAPI schema and its Swagger UI."""
+
+from __future__ import annotations
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
+
+from converzia.api.views import AuthTokenView, HealthLiveView
+
+urlpatterns = [
+    path("auth/token", AuthTokenView.as_view(), name="api-auth-token"),
+    path("health/live", HealthLiveView.as_view(), name="api-health-live"),
+    # Public on purpose: the contract is not a secret, and clients generate code from it.
+    path(
+        "schema/",
+        SpectacularAPIView.as_view(authentication_classes=(), permission_classes=(AllowAny,)),
+        name="api-schema",
+    ),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(
+            url_name="api-schema", authentication_classes=(), permission_classes=(AllowAny,)
+        ),
+        name="api-docs",
+    ),
+]

@@ -1,0 +1,69 @@
+"""Kernel endpoints: token login and liveness."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from drf_spectacular.utils import extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from converzia.api.base import ApiView
+from converzia.api.serializers import (
+    HealthLiveSerializer,
+    TokenCredentialsSerializer,
+    TokenResponseSerializer,
+)
+from converzia.api.throttling import AuthTokenRateThrottle
+from converzia.errors import Unauthenticated
+from converzia.services import api_token_issue
+
+LOGIN_TOKEN_NAME = "login"
+
+
+class AuthTokenView(ApiView):
+    """Exchange an email and password for a new personal API token."""
+
+    # Credentials are in the body; a session or a stale bearer header must not get in the way
+    # (and without authenticators the view needs no CSRF token).
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+    throttle_classes = (AuthTokenRateThrottle,)
+    schema_error_statuses = (401,)
+    serializer_class = TokenCredentialsSerializer
+
+    @extend_schema(
+        operation_id="auth_token_create",
+        request=TokenCredentialsSerializer,
+        responses={200: TokenResponseSerializer},
+        auth=[],
+        tags=["auth"],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenCredentialsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        # The auth backend lower-cases the email (emails are stored lower-cased), rejects inactive users
+        # and spends the same hashing time on unknown emails as on wrong passwords.
+        user = authenticate(
+            request._request,
+            email=serializer.validated_data["email"],
+            password=serializer.validated_data["password"],
+        )
+        if user is None:
+            raise Unauthenticated("The email or password is incorrect.")
+        issued = api_token_issue(user=user, name=LOGIN_TOKEN_NAME)
+        return Response(TokenResponseSerializer({"token": issued.raw}).data)
+
+
+class HealthLiveView(ApiView):
+    """Liveness: the process answers requests. Touches neither the database nor the cache."""
+
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+    throttle_classes = ()
+
+    @extend_schema(
+        operation_id="health_live", responses={200: HealthLiveSerializer}, auth=[], tags=["health"]
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok"}, headers={"Cache-Control": "no-store"})
