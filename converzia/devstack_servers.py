@@ -224,13 +224,20 @@ class EmbeddedPostgres:
                 f"Running as root: PostgreSQL needs an unprivileged account and `useradd` is missing. "
                 f"Create a user named {POSTGRES_SYSTEM_USER}, or run as a normal user."
             )
-        subprocess.run(
+        result = subprocess.run(
             [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", POSTGRES_SYSTEM_USER],
-            check=True,
             capture_output=True,
+            text=True,
+            check=False,
         )
-        say(f"created system user {POSTGRES_SYSTEM_USER} (PostgreSQL refuses to run as root)")
-        return pwd.getpwnam(POSTGRES_SYSTEM_USER)
+        try:
+            account = pwd.getpwnam(POSTGRES_SYSTEM_USER)
+        except KeyError:
+            raise ServerError(f"useradd {POSTGRES_SYSTEM_USER} failed: {result.stderr.strip()}") from None
+        # A concurrent run may have created it first (useradd then fails with "already exists").
+        if result.returncode == 0:
+            say(f"created system user {POSTGRES_SYSTEM_USER} (PostgreSQL refuses to run as root)")
+        return account
 
     def _run_as(self, account: pwd.struct_passwd | None) -> dict[str, object]:
         if account is None:
@@ -253,7 +260,10 @@ class EmbeddedPostgres:
                 mode = path.stat().st_mode
                 extra = stat.S_IROTH | (stat.S_IXOTH if path.is_dir() or mode & stat.S_IXUSR else 0)
                 path.chmod(mode | extra)
-        os.chown(self.pgdata, account.pw_uid, account.pw_gid)
+        if self.pgdata.stat().st_uid != account.pw_uid:
+            # New directory, or a cluster created under another uid (the account was recreated).
+            for path in (self.pgdata, *self.pgdata.rglob("*")):
+                os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
 
     def _prepare(self, account: pwd.struct_passwd | None) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

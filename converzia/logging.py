@@ -9,7 +9,10 @@ from converzia.request_context import request_id_var, tenant_id_var, user_id_var
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        # Django logs a response ("Not Found", "Internal Server Error") after the middleware chain has
+        # returned and the context is reset; those records carry the request itself.
+        request = getattr(record, "request", None)
+        record.request_id = getattr(request, "request_id", None) or request_id_var.get()
         record.tenant_id = tenant_id_var.get()
         record.user_id = user_id_var.get()
         return True

@@ -15,13 +15,16 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = accept_request_id(request.headers.get("X-Request-ID"))
+        # Also on the request: Django logs the response after this middleware has reset the context.
         request.request_id = request_id  # type: ignore[attr-defined]
-        # Set, never reset: Django logs the response ("Not Found", "Internal Server Error") after the
-        # middleware chain returns, and that line must carry this request's id. Each request sets all
-        # three at its start, so nothing leaks from one request to the next.
-        request_id_var.set(request_id)
-        tenant_id_var.set(None)
-        user_id_var.set(None)
-        response = self.get_response(request)
+        tokens = (request_id_var.set(request_id), tenant_id_var.set(None), user_id_var.set(None))
+        try:
+            response = self.get_response(request)
+        finally:
+            # Reset so work done after the request (tests, commands in the same thread) carries no
+            # stale request id or tenant.
+            request_id_var.reset(tokens[0])
+            tenant_id_var.reset(tokens[1])
+            user_id_var.reset(tokens[2])
         response["X-Request-ID"] = request_id
         return response

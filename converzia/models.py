@@ -18,6 +18,12 @@ from converzia.tenancy import TenantScopedQuerySet
 USER_MODEL = django_settings.AUTH_USER_MODEL
 
 
+def choices_check(field: str, choices: type[models.TextChoices], name: str) -> models.CheckConstraint:
+    """A CHECK that keeps an enum column to its TextChoices values: a row with an unknown status would
+    belong to no funnel stage and could never move."""
+    return models.CheckConstraint(condition=models.Q(**{f"{field}__in": choices.values}), name=name)
+
+
 class TimestampedModel(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -174,6 +180,7 @@ class Tenant(TimestampedModel):
             models.CheckConstraint(
                 condition=models.Q(default_score_threshold__lte=100), name="tenants_score_threshold_range"
             ),
+            choices_check("status", TenantStatus, "tenants_status_valid"),
         ]
 
     def __str__(self) -> str:
@@ -236,6 +243,8 @@ class TenantMember(TimestampedModel):
         constraints = [
             # Also serves "members of a tenant" lookups (tenant_id is its leading column).
             models.UniqueConstraint(fields=["tenant", "user"], name="tenant_members_tenant_user_uniq"),
+            choices_check("role", TenantRole, "tenant_members_role_valid"),
+            choices_check("status", MembershipStatus, "tenant_members_status_valid"),
         ]
         indexes = [
             # Tenant resolution on every request: the caller's ACTIVE memberships.

@@ -8,7 +8,7 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
-from converzia.models import Tenant, TimestampedModel
+from converzia.models import Tenant, TimestampedModel, choices_check
 from converzia.tenancy import TenantScopedQuerySet
 from leads.models import LeadOffer, Offer
 
@@ -150,6 +150,7 @@ class Delivery(TimestampedModel):
                 | models.Q(delivered_at__isnull=False),
                 name="deliveries_delivered_has_timestamp",
             ),
+            choices_check("status", DeliveryStatus, "deliveries_status_valid"),
         ]
         indexes = [
             # The guide's queue scan: deliveries by status, newest first.

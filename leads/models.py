@@ -8,7 +8,7 @@ from django.conf import settings as django_settings
 from django.db import models
 from django.utils import timezone
 
-from converzia.models import OfferType, Tenant, TimestampedModel
+from converzia.models import OfferType, Tenant, TimestampedModel, choices_check
 from converzia.tenancy import TenantScopedQuerySet
 
 # Bound once: several models have a field called `settings`.
@@ -108,7 +108,8 @@ class Offer(TimestampedModel):
     # Indexed through the (tenant, slug) unique constraint.
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="offers", db_index=False)
     name = models.CharField(max_length=200)
-    slug = models.SlugField(max_length=120)
+    # Indexed through the (tenant, slug) unique constraint, not on its own.
+    slug = models.SlugField(max_length=120, db_index=False)
     offer_type = models.CharField(max_length=16, choices=OfferType.choices, default=OfferType.PROPERTY)
     status = models.CharField(max_length=16, choices=OfferStatus.choices, default=OfferStatus.DRAFT)
     description = models.TextField(blank=True)
@@ -273,6 +274,10 @@ class LeadSource(models.Model):
                 condition=models.Q(leadgen_id__isnull=False),
             ),
             models.Index(fields=["tenant", "-created_at"], name="idx_lead_sources_tenant_created"),
+            # Routing an ad's waiting leads when it gets mapped (and reprocessing its inbox changes).
+            models.Index(
+                fields=["tenant", "ad_id"], name="idx_lead_sources_tenant_ad", condition=~models.Q(ad_id="")
+            ),
         ]
 
     def __str__(self) -> str:
@@ -351,6 +356,8 @@ class LeadOffer(TimestampedModel):
                 condition=models.Q(score_total__isnull=True) | models.Q(score_total__lte=100),
                 name="lead_offers_score_range",
             ),
+            choices_check("status", LeadOfferStatus, "lead_offers_status_valid"),
+            choices_check("billing_eligibility", BillingEligibility, "lead_offers_billing_eligibility_valid"),
         ]
         indexes = [
             # Lead list by status, newest first; `id` breaks ties for keyset pagination.

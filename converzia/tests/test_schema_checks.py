@@ -12,8 +12,8 @@ from django.db import IntegrityError, models, transaction
 
 from billing.models import BillingOrder, PlatformCost, TenantPricing
 from billing.tests.factories import BillingOrderFactory, PlatformCostFactory, TenantPricingFactory
-from converzia.models import Tenant, User
-from converzia.tests.factories import TenantFactory, UserFactory
+from converzia.models import Tenant, TenantMember, User
+from converzia.tests.factories import TenantFactory, TenantMemberFactory, UserFactory
 from deliveries.models import Delivery
 from deliveries.tests.factories import DeliveryFactory
 from leads.models import AdOfferMap, LeadOffer, LeadSource, Offer
@@ -35,6 +35,9 @@ TESTED_ELSEWHERE = {
     "credit_ledger_balance_after_non_negative": "billing/tests/test_ledger.py",
     "credit_ledger_charge_has_delivery": "billing/tests/test_ledger.py",
     "tenant_credit_balances_non_negative": "billing/tests/test_ledger.py",
+    # Status columns: an UPDATE meets the transition trigger first, so these are tested on INSERT below.
+    "lead_offers_status_valid": "test_an_unknown_status_cannot_be_inserted",
+    "deliveries_status_valid": "test_an_unknown_status_cannot_be_inserted",
 }
 
 
@@ -56,6 +59,22 @@ def _offer_prices():
 
 def _lead_offer_score():
     return LeadOffer, LeadOfferFactory(), {"score_total": 101}
+
+
+def _tenant_status():
+    return Tenant, TenantFactory(), {"status": "BOGUS"}
+
+
+def _member_role():
+    return TenantMember, TenantMemberFactory(), {"role": "SUPERUSER"}
+
+
+def _member_status():
+    return TenantMember, TenantMemberFactory(), {"status": "BOGUS"}
+
+
+def _lead_offer_billing_eligibility():
+    return LeadOffer, LeadOfferFactory(), {"billing_eligibility": "MAYBE"}
 
 
 def _order_credits():
@@ -84,6 +103,10 @@ def _cost_spend():
 
 
 CASES = {
+    "tenants_status_valid": _tenant_status,
+    "tenant_members_role_valid": _member_role,
+    "tenant_members_status_valid": _member_status,
+    "lead_offers_billing_eligibility_valid": _lead_offer_billing_eligibility,
     "tenants_slug_format": _tenant_slug,
     "tenants_score_threshold_range": _tenant_threshold,
     "users_email_lowercase": _user_email,
@@ -180,3 +203,19 @@ def test_one_delivery_per_lead_offer():
         == "deliveries_lead_offer_id_key"
     )
     assert Delivery.objects.filter(lead_offer=delivery.lead_offer).count() == 1
+
+
+@pytest.mark.django_db
+def test_an_unknown_status_cannot_be_inserted():
+    offer = OfferFactory()
+    lead = LeadFactory()
+    with pytest.raises(IntegrityError) as caught, transaction.atomic():
+        LeadOffer.objects.create(tenant=offer.tenant, offer=offer, lead=lead, status="QUALIFIED")
+    assert caught.value.__cause__.diag.constraint_name == "lead_offers_status_valid"
+    assert not LeadOffer.objects.filter(lead=lead).exists()
+
+    lead_offer = LeadOfferFactory(status="LEAD_READY")
+    with pytest.raises(IntegrityError) as caught, transaction.atomic():
+        Delivery.objects.create(lead_offer=lead_offer, tenant=lead_offer.tenant, status="SENT", payload={})
+    assert caught.value.__cause__.diag.constraint_name == "deliveries_status_valid"
+    assert not Delivery.objects.filter(lead_offer=lead_offer).exists()

@@ -199,6 +199,7 @@ SPEC: dict[str, Expected] = {
         "lead_sources", ("tenant_id", "leadgen_id"), is_unique=True, predicate=("leadgen_id IS NOT NULL",)
     ),
     "idx_lead_sources_tenant_created": Expected("lead_sources", ("tenant_id", "created_at DESC")),
+    "idx_lead_sources_tenant_ad": Expected("lead_sources", ("tenant_id", "ad_id"), predicate=("ad_id",)),
     # -- leads, offers
     "leads_phone_key": Expected("leads", ("phone",), is_unique=True),
     "offers_tenant_slug_uniq": Expected("offers", ("tenant_id", "slug"), is_unique=True),

@@ -3,9 +3,9 @@
 What `phonenumbers` does with Argentine mobiles, pinned here because a lead is keyed by its phone:
 - International form needs the mobile `9` after `+54` (`+54 9 11 2233 4455` → `+5491122334455`).
 - The domestic mobile form `0 <area> 15 <number>` is rewritten to the same `+549…` number.
-- Without the `9` (`+54 11 2233 4455`) the library reads a *fixed line* and returns `+541122334455`:
-  a different E.164 string for what may be the same person. Deduplicating those two is a policy
-  decision, not something normalisation can know, so both forms are kept as the library returns them.
+- Without the `9` (`+54 11 2233 4455`) the library reads a *fixed line*. Lead-ad phones are the
+  person's mobile (reached on WhatsApp), so `normalize_phone` inserts the 9 whenever that yields a valid
+  mobile: both spellings are one lead, `+5491122334455`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ E164_CHECK = re.compile(r"^\+[1-9][0-9]{6,14}$")  # the regex of CHECK leads_pho
         pytest.param("0351 15 612 3456", "+5493516123456", id="_case_cordoba_mobile"),
         pytest.param("0054 9 351 612 3456", "+5493516123456", id="_case_cordoba_mobile_00"),
         pytest.param("  +54 9 11 2233 4455\n", "+5491122334455", id="_case_surrounding_whitespace"),
-        pytest.param("+54 11 2233 4455", "+541122334455", id="_case_without_9_is_a_fixed_line"),
-        pytest.param("011 2233-4455", "+541122334455", id="_case_domestic_fixed_line"),
-        pytest.param("(011) 4321-1234", "+541143211234", id="_case_buenos_aires_landline"),
+        pytest.param("+54 11 2233 4455", "+5491122334455", id="_case_without_9_gets_the_mobile_9"),
+        pytest.param("011 2233-4455", "+5491122334455", id="_case_domestic_without_15"),
+        pytest.param("(011) 4321-1234", "+5491143211234", id="_case_landline_shape_read_as_mobile"),
         pytest.param("+1 650 253 0000", "+16502530000", id="_case_foreign_number_with_plus"),
     ],
 )
@@ -50,8 +50,8 @@ def test_normalize_phone_returns_e164(raw, expected):
     assert E164_CHECK.match(expected)
 
 
-def test_mobile_with_and_without_9_are_different_numbers():
-    assert normalize_phone("+54 9 11 2233 4455") != normalize_phone("+54 11 2233 4455")
+def test_mobile_with_and_without_9_are_the_same_lead():
+    assert normalize_phone("+54 9 11 2233 4455") == normalize_phone("+54 11 2233 4455")
     assert normalize_phone("011 15 2233 4455") == normalize_phone("+54 9 11 2233 4455")
 
 
