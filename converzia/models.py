@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from zoneinfo import available_timezones
 
 from django.conf import settings as django_settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -16,6 +18,14 @@ from converzia.tenancy import TenantScopedQuerySet
 
 # Bound once: several models have a field called `settings`.
 USER_MODEL = django_settings.AUTH_USER_MODEL
+
+
+def validate_timezone(value: str) -> None:
+    """Tenant windows ("today", "last 7 days") are computed in this zone; it must be an IANA name."""
+    if value not in available_timezones():
+        raise ValidationError(
+            f"{value!r} is not an IANA time zone name (e.g. America/Argentina/Buenos_Aires)."
+        )
 
 
 def choices_check(field: str, choices: type[models.TextChoices], name: str) -> models.CheckConstraint:
@@ -147,7 +157,9 @@ class Tenant(TimestampedModel):
     status = models.CharField(max_length=16, choices=TenantStatus.choices, default=TenantStatus.PENDING)
     default_score_threshold = models.PositiveSmallIntegerField(default=80)
     duplicate_window_days = models.PositiveSmallIntegerField(default=90)
-    timezone = models.CharField(max_length=64, default="America/Argentina/Buenos_Aires")
+    timezone = models.CharField(
+        max_length=64, default="America/Argentina/Buenos_Aires", validators=[validate_timezone]
+    )
     contact_email = models.EmailField(blank=True)
     contact_phone = models.CharField(max_length=32, blank=True)
     settings = models.JSONField(default=dict, blank=True)

@@ -219,3 +219,13 @@ def test_an_unknown_status_cannot_be_inserted():
         Delivery.objects.create(lead_offer=lead_offer, tenant=lead_offer.tenant, status="SENT", payload={})
     assert caught.value.__cause__.diag.constraint_name == "deliveries_status_valid"
     assert not Delivery.objects.filter(lead_offer=lead_offer).exists()
+
+
+def test_a_tenant_time_zone_must_be_an_iana_name():
+    from django.core.exceptions import ValidationError
+
+    from converzia.models import validate_timezone
+
+    validate_timezone("America/Argentina/Buenos_Aires")
+    with pytest.raises(ValidationError, match="Mars/Olympus_Mons"):
+        validate_timezone("Mars/Olympus_Mons")
