@@ -1,7 +1,8 @@
 """Read models over the `tenant_stats_materialized` view, and the record of its refreshes.
 
-The view itself is created by `portal/migrations/0001_tenant_stats_materialized.py` (raw SQL);
-`docs/database.md` describes its columns. Read it through `portal.stats_view`, never by hand.
+The view itself is raw SQL: created by `portal/migrations/0001_tenant_stats_materialized.py`, defined
+as it is now by `0002_tenant_stats_bounded_history.py`; `docs/database.md` describes its columns.
+Read it through `portal.stats_view`, never by hand.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from leads.models import LeadOfferStatus
 from leads.tests.factories import LeadOfferFactory, OfferFactory
 from portal.models import StatsViewRefresh, TenantDailyStats
 from portal.stats_view import (
+    VIEW_HISTORY_DAYS,
     VIEW_NAME,
     StatsRefreshInProgress,
     TrendPoint,
@@ -61,6 +62,20 @@ COUNT_COLUMNS = VIEW_COLUMNS[2:]
 
 def utc(*args: int) -> dt.datetime:
     return dt.datetime(*args, tzinfo=UTC)
+
+
+# The view keeps the last 120 days, so test data lives in the last weeks: "day n" is n - 1 days
+# after BASE_DATE (day 0 is the day before it).
+BASE_DATE = dt.datetime.now(UTC).date() - dt.timedelta(days=21)
+
+
+def at(day_number: int, hour: int = 0, minute: int = 0) -> dt.datetime:
+    """An instant in UTC on day `day_number` of the test calendar."""
+    return dt.datetime.combine(BASE_DATE, dt.time(hour, minute), UTC) + dt.timedelta(days=day_number - 1)
+
+
+def day(day_number: int) -> dt.date:
+    return BASE_DATE + dt.timedelta(days=day_number - 1)
 
 
 def make_view_unpopulated() -> None:
@@ -106,38 +121,34 @@ def two_zones_dataset():
     tokyo_offer = OfferFactory(tenant=tokyo)
     statuses = LeadOfferStatus.values
     for index in range(40):
-        # Every 7 hours from 2026-03-01 00:00 UTC: covers all hours of the day, both zones, 12 days.
-        at = utc(2026, 3, 1) + dt.timedelta(hours=7 * index)
-        LeadOfferFactory(offer=ba_offer, status=statuses[index % 13], created_at=at)
-        LeadOfferFactory(offer=tokyo_offer, status=statuses[(index * 5) % 13], created_at=at)
+        # Every 7 hours from day 1 00:00 UTC: covers all hours of the day, in both zones, 12 days.
+        created_at = at(1) + dt.timedelta(hours=7 * index)
+        LeadOfferFactory(offer=ba_offer, status=statuses[index % 13], created_at=created_at)
+        LeadOfferFactory(offer=tokyo_offer, status=statuses[(index * 5) % 13], created_at=created_at)
     # Unmapped leads (no offer) count for their tenant too.
-    LeadOfferFactory(
-        offer=None, tenant=ba, status=LeadOfferStatus.PENDING_MAPPING, created_at=utc(2026, 3, 4, 2, 59)
-    )
+    LeadOfferFactory(offer=None, tenant=ba, status=LeadOfferStatus.PENDING_MAPPING, created_at=at(4, 2, 59))
 
-    ba_delivered = delivered(ba_offer, DeliveryStatus.DELIVERED, utc(2026, 3, 5, 2, 59), utc(2026, 3, 4))
-    ba_partial = delivered(ba_offer, DeliveryStatus.PARTIAL, utc(2026, 3, 5, 3, 0), utc(2026, 3, 4))
-    ba_refunded = delivered(ba_offer, DeliveryStatus.REFUNDED, utc(2026, 3, 5, 12), utc(2026, 3, 4))
-    delivered(ba_offer, DeliveryStatus.FAILED, None, utc(2026, 3, 4))
-    delivered(ba_offer, DeliveryStatus.REFUNDED, None, utc(2026, 3, 4))  # refunded dead letter
-    delivered(ba_offer, DeliveryStatus.PENDING, None, utc(2026, 3, 4))
-    tokyo_delivered = delivered(
-        tokyo_offer, DeliveryStatus.DELIVERED, utc(2026, 3, 6, 14, 59), utc(2026, 3, 5)
-    )
-    delivered(tokyo_offer, DeliveryStatus.DELIVERED, utc(2026, 3, 6, 15, 0), utc(2026, 3, 5))
+    ba_delivered = delivered(ba_offer, DeliveryStatus.DELIVERED, at(5, 2, 59), at(4))
+    ba_partial = delivered(ba_offer, DeliveryStatus.PARTIAL, at(5, 3, 0), at(4))
+    ba_refunded = delivered(ba_offer, DeliveryStatus.REFUNDED, at(5, 12), at(4))
+    delivered(ba_offer, DeliveryStatus.FAILED, None, at(4))
+    delivered(ba_offer, DeliveryStatus.REFUNDED, None, at(4))  # refunded dead letter
+    delivered(ba_offer, DeliveryStatus.PENDING, None, at(4))
+    tokyo_delivered = delivered(tokyo_offer, DeliveryStatus.DELIVERED, at(6, 14, 59), at(5))
+    delivered(tokyo_offer, DeliveryStatus.DELIVERED, at(6, 15, 0), at(5))
 
-    ledger_row(ba, CreditTransactionType.CREDIT_PURCHASE, 50, utc(2026, 3, 2, 2, 0))
-    ledger_row(ba, CreditTransactionType.CREDIT_BONUS, 5, utc(2026, 3, 2, 4, 0))
-    ledger_row(ba, CreditTransactionType.CREDIT_CONSUMPTION, -1, utc(2026, 3, 5, 2, 59), ba_delivered)
-    ledger_row(ba, CreditTransactionType.CREDIT_CONSUMPTION, -1, utc(2026, 3, 5, 3, 0), ba_partial)
-    ledger_row(ba, CreditTransactionType.CREDIT_CONSUMPTION, -1, utc(2026, 3, 5, 12), ba_refunded)
-    ledger_row(ba, CreditTransactionType.CREDIT_REFUND, 1, utc(2026, 3, 7), ba_refunded)
-    ledger_row(ba, CreditTransactionType.CREDIT_ADJUSTMENT, -3, utc(2026, 3, 7, 1))
-    ledger_row(ba, CreditTransactionType.CREDIT_ADJUSTMENT, 2, utc(2026, 3, 7, 5))
-    ledger_row(tokyo, CreditTransactionType.CREDIT_PURCHASE, 100, utc(2026, 3, 1, 16))
-    ledger_row(tokyo, CreditTransactionType.CREDIT_CONSUMPTION, -1, utc(2026, 3, 6, 14, 59), tokyo_delivered)
+    ledger_row(ba, CreditTransactionType.CREDIT_PURCHASE, 50, at(2, 2, 0))
+    ledger_row(ba, CreditTransactionType.CREDIT_BONUS, 5, at(2, 4, 0))
+    ledger_row(ba, CreditTransactionType.CREDIT_CONSUMPTION, -1, at(5, 2, 59), ba_delivered)
+    ledger_row(ba, CreditTransactionType.CREDIT_CONSUMPTION, -1, at(5, 3, 0), ba_partial)
+    ledger_row(ba, CreditTransactionType.CREDIT_CONSUMPTION, -1, at(5, 12), ba_refunded)
+    ledger_row(ba, CreditTransactionType.CREDIT_REFUND, 1, at(7), ba_refunded)
+    ledger_row(ba, CreditTransactionType.CREDIT_ADJUSTMENT, -3, at(7, 1))
+    ledger_row(ba, CreditTransactionType.CREDIT_ADJUSTMENT, 2, at(7, 5))
+    ledger_row(tokyo, CreditTransactionType.CREDIT_PURCHASE, 100, at(1, 16))
+    ledger_row(tokyo, CreditTransactionType.CREDIT_CONSUMPTION, -1, at(6, 14, 59), tokyo_delivered)
     # A day with credits only (no leads, no deliveries) still gets a row.
-    ledger_row(tokyo, CreditTransactionType.CREDIT_BONUS, 7, utc(2026, 3, 20, 15, 0))
+    ledger_row(tokyo, CreditTransactionType.CREDIT_BONUS, 7, at(20, 15, 0))
     return ba, tokyo
 
 
@@ -283,9 +294,9 @@ def test_refresh_inside_a_transaction_gives_back_the_callers_settings():
 def test_concurrent_refresh_outside_any_transaction_is_visible_to_other_sessions():
     # The command and the periodic task run in autocommit mode; nothing here wraps them.
     tenant = TenantFactory(timezone=TOKYO)
-    LeadOfferFactory(offer=OfferFactory(tenant=tenant), created_at=utc(2026, 3, 1, 15))
+    LeadOfferFactory(offer=OfferFactory(tenant=tenant), created_at=at(1, 15))
     tenant_stats_refresh(concurrently=False)
-    LeadOfferFactory(offer=OfferFactory(tenant=tenant), created_at=utc(2026, 3, 1, 16))
+    LeadOfferFactory(offer=OfferFactory(tenant=tenant), created_at=at(1, 16))
 
     result = tenant_stats_refresh()
 
@@ -297,7 +308,7 @@ def test_concurrent_refresh_outside_any_transaction_is_visible_to_other_sessions
         recorded = other.execute(
             "SELECT refreshed_at FROM stats_view_refreshes WHERE view_name = %s", [VIEW_NAME]
         ).fetchall()
-    assert rows == [(dt.date(2026, 3, 2), 2)]
+    assert rows == [(day(2), 2)]
     assert recorded == [(result.refreshed_at,)]
 
 
@@ -359,22 +370,22 @@ def test_days_are_the_tenants_local_days_near_midnight(two_zones_dataset):
     tenant_stats_refresh()
     rows = view_rows()
 
-    # 2026-03-05 02:59 UTC is 23:59 on the 4th in Buenos Aires; 03:00 UTC is midnight of the 5th.
-    assert rows[ba.pk, dt.date(2026, 3, 4)]["deliveries_delivered"] == 1
-    assert rows[ba.pk, dt.date(2026, 3, 4)]["credits_consumed"] == 1
-    assert rows[ba.pk, dt.date(2026, 3, 5)]["deliveries_delivered"] == 2  # the PARTIAL and the REFUNDED
-    assert rows[ba.pk, dt.date(2026, 3, 5)]["deliveries_partial"] == 1
-    assert rows[ba.pk, dt.date(2026, 3, 5)]["deliveries_refunded"] == 1
-    assert rows[ba.pk, dt.date(2026, 3, 5)]["credits_consumed"] == 2
-    # The unmapped lead at 2026-03-04 02:59 UTC belongs to the 3rd in Buenos Aires.
-    assert rows[ba.pk, dt.date(2026, 3, 3)]["status_pending_mapping"] == 1
+    # Day 5 02:59 UTC is 23:59 of day 4 in Buenos Aires; 03:00 UTC is midnight of day 5.
+    assert rows[ba.pk, day(4)]["deliveries_delivered"] == 1
+    assert rows[ba.pk, day(4)]["credits_consumed"] == 1
+    assert rows[ba.pk, day(5)]["deliveries_delivered"] == 2  # the PARTIAL and the REFUNDED
+    assert rows[ba.pk, day(5)]["deliveries_partial"] == 1
+    assert rows[ba.pk, day(5)]["deliveries_refunded"] == 1
+    assert rows[ba.pk, day(5)]["credits_consumed"] == 2
+    # The unmapped lead at day 4 02:59 UTC belongs to day 3 in Buenos Aires.
+    assert rows[ba.pk, day(3)]["status_pending_mapping"] == 1
     # 14:59 UTC is 23:59 in Tokyo; 15:00 UTC is midnight of the next day.
-    assert rows[tokyo.pk, dt.date(2026, 3, 6)]["deliveries_delivered"] == 1
-    assert rows[tokyo.pk, dt.date(2026, 3, 7)]["deliveries_delivered"] == 1
-    assert rows[tokyo.pk, dt.date(2026, 3, 21)] == dict.fromkeys(COUNT_COLUMNS, 0) | {"credits_bonus": 7}
-    # The first leads, at 2026-03-01 00:00 UTC: still February 28th in Buenos Aires.
-    assert (ba.pk, dt.date(2026, 2, 28)) in rows
-    assert (tokyo.pk, dt.date(2026, 2, 28)) not in rows
+    assert rows[tokyo.pk, day(6)]["deliveries_delivered"] == 1
+    assert rows[tokyo.pk, day(7)]["deliveries_delivered"] == 1
+    assert rows[tokyo.pk, day(21)] == dict.fromkeys(COUNT_COLUMNS, 0) | {"credits_bonus": 7}
+    # The first leads, at day 1 00:00 UTC: still day 0 in Buenos Aires.
+    assert (ba.pk, day(0)) in rows
+    assert (tokyo.pk, day(0)) not in rows
 
 
 @pytest.mark.django_db
@@ -395,14 +406,14 @@ def test_view_stage_mapping_equals_leads_funnel(tenant):
     tenant.timezone = "UTC"
     tenant.save(update_fields=["timezone"])
     offer = OfferFactory(tenant=tenant)
-    first_day = dt.date(2026, 1, 1)
+    first_day = day(1)
     for index, status in enumerate(LeadOfferStatus.values):
-        LeadOfferFactory(offer=offer, status=status, created_at=utc(2026, 1, 1 + index, 12))
+        LeadOfferFactory(offer=offer, status=status, created_at=at(1 + index, 12))
     tenant_stats_refresh()
 
     view_stage_by_status = {}
-    for (_, day), row in view_rows().items():
-        status = LeadOfferStatus.values[(day - first_day).days]
+    for (_, row_day), row in view_rows().items():
+        status = LeadOfferStatus.values[(row_day - first_day).days]
         assert row["leads_total"] == 1
         assert [column for column in STATUS_COLUMNS if row[column]] == [f"status_{status.lower()}"]
         (stage_column,) = [column for column in STAGE_COLUMNS if row[column]]
@@ -423,18 +434,18 @@ def test_tenant_daily_trend_zero_fills_the_window(two_zones_dataset, django_asse
     rows = view_rows()
 
     with django_assert_num_queries(2):
-        trend = tenant_daily_trend(tenant=ba, days=20, until=dt.date(2026, 3, 15))
+        trend = tenant_daily_trend(tenant=ba, days=20, until=day(15))
 
     assert trend.as_of == refresh.refreshed_at
     assert [point.day for point in trend.points] == [
-        dt.date(2026, 2, 24) + dt.timedelta(days=offset) for offset in range(20)
+        day(-4) + dt.timedelta(days=offset) for offset in range(20)
     ]
     for point in trend.points:
         row = rows.get((ba.pk, point.day))
         expected = (row["leads_total"], row["deliveries_delivered"]) if row else (0, 0)
         assert (point.received, point.delivered) == expected
-    assert trend.points[0] == TrendPoint(dt.date(2026, 2, 24), 0, 0)
-    assert trend.points[-1] == TrendPoint(dt.date(2026, 3, 15), 0, 0)
+    assert trend.points[0] == TrendPoint(day(-4), 0, 0)
+    assert trend.points[-1] == TrendPoint(day(15), 0, 0)
     assert sum(point.received for point in trend.points) == 47
     assert sum(point.delivered for point in trend.points) == 3
 
@@ -463,39 +474,37 @@ def test_trend_of_a_never_refreshed_view_is_zero_without_as_of(tenant, django_as
     make_view_unpopulated()
 
     with django_assert_num_queries(1):
-        trend = tenant_daily_trend(tenant=tenant, days=3, until=dt.date(2026, 3, 3))
+        trend = tenant_daily_trend(tenant=tenant, days=3, until=day(3))
 
     assert trend.as_of is None
-    assert trend.points == [TrendPoint(dt.date(2026, 3, day), 0, 0) for day in (1, 2, 3)]
-    assert all_tenants_daily_trend(days=1, until=dt.date(2026, 3, 3)).points == [
-        TrendPoint(dt.date(2026, 3, 3), 0, 0)
-    ]
+    assert trend.points == [TrendPoint(day(number), 0, 0) for number in (1, 2, 3)]
+    assert all_tenants_daily_trend(days=1, until=day(3)).points == [TrendPoint(day(3), 0, 0)]
 
 
 @pytest.mark.django_db
 def test_all_tenants_daily_trend_sums_every_tenant_per_day(two_zones_dataset, django_assert_num_queries):
     refresh = tenant_stats_refresh()
     expected: dict[dt.date, list[int]] = defaultdict(lambda: [0, 0])
-    for (_, day), row in view_rows().items():
-        expected[day][0] += row["leads_total"]
-        expected[day][1] += row["deliveries_delivered"]
+    for (_, row_day), row in view_rows().items():
+        expected[row_day][0] += row["leads_total"]
+        expected[row_day][1] += row["deliveries_delivered"]
 
     with django_assert_num_queries(2):
-        trend = all_tenants_daily_trend(days=10, until=dt.date(2026, 3, 8))
+        trend = all_tenants_daily_trend(days=10, until=day(8))
 
     assert trend.as_of == refresh.refreshed_at
     assert trend.points == [
-        TrendPoint(day, *expected.get(day, (0, 0)))
-        for day in (dt.date(2026, 2, 27) + dt.timedelta(days=offset) for offset in range(10))
+        TrendPoint(day_, *expected.get(day_, (0, 0)))
+        for day_ in (day(-1) + dt.timedelta(days=offset) for offset in range(10))
     ]
-    assert trend.points[0] == TrendPoint(dt.date(2026, 2, 27), 0, 0)
-    assert trend.points[1].received == expected[dt.date(2026, 2, 28)][0] > 0
+    assert trend.points[0] == TrendPoint(day(-1), 0, 0)
+    assert trend.points[1].received == expected[day(0)][0] > 0
 
 
-@pytest.mark.parametrize("days", [0, -1, 732], ids=["_case_zero", "_case_negative", "_case_too_long"])
+@pytest.mark.parametrize("days", [0, -1, 121], ids=["_case_zero", "_case_negative", "_case_past_history"])
 def test_trend_window_must_be_sensible(days):
     with pytest.raises(ValueError):
-        all_tenants_daily_trend(days=days, until=dt.date(2026, 3, 3))
+        all_tenants_daily_trend(days=days, until=day(3))
 
 
 def test_unknown_time_zone_falls_back_to_utc_as_in_the_view():
@@ -506,13 +515,29 @@ def test_unknown_time_zone_falls_back_to_utc_as_in_the_view():
 @pytest.mark.django_db
 def test_view_buckets_an_unknown_time_zone_in_utc():
     tenant = TenantFactory(timezone="Mars/Olympus_Mons")
-    LeadOfferFactory(offer=OfferFactory(tenant=tenant), created_at=utc(2026, 3, 1, 23, 30))
+    LeadOfferFactory(offer=OfferFactory(tenant=tenant), created_at=at(1, 23, 30))
 
     tenant_stats_refresh()
 
     assert list(TenantDailyStats.objects.values_list("tenant_id", "day", "leads_total")) == [
-        (tenant.pk, dt.date(2026, 3, 1), 1)
+        (tenant.pk, day(1), 1)
     ]
+
+
+@pytest.mark.django_db
+def test_view_keeps_the_last_120_days_of_history(tenant):
+    tenant.timezone = "UTC"
+    tenant.save(update_fields=["timezone"])
+    offer = OfferFactory(tenant=tenant)
+    utc_today = dt.datetime.now(UTC).date()
+    oldest_kept = dt.datetime.combine(utc_today - dt.timedelta(days=VIEW_HISTORY_DAYS), dt.time(0, 0), UTC)
+    LeadOfferFactory(offer=offer, created_at=oldest_kept)
+    LeadOfferFactory(offer=offer, created_at=oldest_kept - dt.timedelta(seconds=1))
+    LeadOfferFactory(offer=offer, created_at=oldest_kept - dt.timedelta(days=30))
+
+    tenant_stats_refresh()
+
+    assert list(TenantDailyStats.objects.values_list("day", "leads_total")) == [(oldest_kept.date(), 1)]
 
 
 # --- the command ---------------------------------------------------------------------------------
