@@ -9,6 +9,7 @@ from typing import Any
 class ErrorCode(enum.StrEnum):
     INVALID_INPUT = "invalid_input"
     UNAUTHENTICATED = "unauthenticated"
+    INVALID_SIGNATURE = "invalid_signature"
     FORBIDDEN = "forbidden"
     NOT_A_MEMBER = "not_a_member"
     TENANT_REQUIRED = "tenant_required"
@@ -92,3 +93,12 @@ class InsufficientCredits(DomainError):
 
 class Unavailable(DomainError):
     code, http_status, message = ErrorCode.UNAVAILABLE, 503, "The service is temporarily unavailable."
+
+
+class QueryTimeout(DomainError):
+    code, http_status, message = (
+        ErrorCode.QUERY_TIMEOUT,
+        503,
+        "The database took too long to answer. Try again shortly.",
+    )
+    retry_after = 2

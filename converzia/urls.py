@@ -3,7 +3,8 @@
 Each area mounts its own URL module here (the root URLconf is the one place allowed to name them all):
 - /api/            kernel: auth/token, health/live, schema/, docs/ (converzia.api.urls)
 - /api/portal/     tenant endpoints (portal.api.urls)
-Later: /api/health (readiness), /api/webhooks/, /api/ops/, /api/admin/, /metrics.
+- /api/webhooks/   Meta lead notifications (leads.api.urls)
+Later: /api/health (readiness), /api/ops/, /api/admin/, /metrics.
 """
 
 from django.contrib import admin
@@ -15,6 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("converzia.api.urls")),
     path("api/portal/", include("portal.api.urls")),
+    path("api/webhooks/", include("leads.api.urls")),
     # Must stay last: unknown /api/ paths get the JSON error shape even with DEBUG on, and never an
     # APPEND_SLASH redirect (a redirected POST loses its body).
     re_path(r"^api/", api_not_found),

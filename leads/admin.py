@@ -189,9 +189,15 @@ class AdOfferMapAdmin(FastModelAdmin):
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
         routing_may_apply = not change or {"is_active", "offer"} & set(form.changed_data)
-        if obj.is_active and obj.offer_id is not None and routing_may_apply:
+        if obj.is_active and routing_may_apply:
             moved = ad_mapping_set_active(mapping=obj, is_active=True, actor=request.user)
-            self.message_user(request, f"{moved} pending lead offer(s) routed to {obj.offer}.", messages.INFO)
+            if obj.offer_id is not None:
+                self.message_user(
+                    request, f"{moved} pending lead offer(s) routed to {obj.offer}.", messages.INFO
+                )
+            self.message_user(
+                request, "Unrouted Meta changes for this ad were queued for processing.", messages.INFO
+            )
 
     def _set_active(self, request: HttpRequest, queryset: QuerySet[AdOfferMap], *, is_active: bool) -> None:
         done = run_for_each(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings as django_settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
 
@@ -427,3 +428,112 @@ class LeadEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.created_at:%Y-%m-%d %H:%M}"
+
+
+# --- Meta webhook inbox (decision D4) -------------------------------------------------------------------
+
+
+class InboxEventStatus(models.TextChoices):
+    PENDING = "PENDING"  # at least one change still waits for processing
+    DONE = "DONE"  # every change processed (or recognised as a replay)
+    PARKED = "PARKED"  # nothing pending, but some change is parked for staff (unrouted or failed)
+
+
+class InboxChangeStatus(models.TextChoices):
+    PENDING = "PENDING"  # waiting for (or being retried by) the processing job
+    PROCESSED = "PROCESSED"  # a lead_offer was created or reused for it
+    REPLAY = "REPLAY"  # the tenant already has this leadgen_id: nothing new was created
+    UNROUTED = "UNROUTED"  # no active mapping for the ad (or no ad id): parked until one exists
+    FAILED = "FAILED"  # a permanent error (Graph 4xx, no usable phone, retries exhausted): parked
+
+    @classmethod
+    def parked(cls) -> list[str]:
+        return [cls.UNROUTED, cls.FAILED]
+
+
+class InboxEvent(models.Model):
+    """One signed POST from Meta, stored as received before anything else happens to it."""
+
+    id = models.BigAutoField(primary_key=True)
+    received_at = models.DateTimeField(default=timezone.now, editable=False)
+    object = models.CharField(max_length=32, default="page")
+    # The parsed body as Meta sent it (the signature was checked over its raw bytes).
+    payload = models.JSONField()
+    leadgen_ids = ArrayField(models.CharField(max_length=64), default=list)
+    change_count = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=InboxEventStatus.choices, default=InboxEventStatus.PENDING
+    )
+    # How many times a job picked the event up; the job's own retries count here too.
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    request_id = models.CharField(max_length=128, blank=True)
+
+    class Meta:
+        db_table = "webhook_inbox_events"
+        verbose_name = "inbox event"
+        constraints = [choices_check("status", InboxEventStatus, "webhook_inbox_events_status_valid")]
+        indexes = [
+            # Queue depth, the oldest pending age and the stale-event sweep read only pending rows.
+            models.Index(
+                fields=["received_at"],
+                name="idx_inbox_events_pending",
+                condition=models.Q(status="PENDING"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"inbox event {self.pk} ({self.status}, {self.change_count} change(s))"
+
+
+class InboxChange(models.Model):
+    """One leadgen change of an inbox event: the unit that becomes (at most) one lead_offer."""
+
+    id = models.BigAutoField(primary_key=True)
+    event = models.ForeignKey(InboxEvent, on_delete=models.CASCADE, related_name="changes", db_index=False)
+    position = models.PositiveIntegerField()
+    leadgen_id = models.CharField(max_length=64)
+    page_id = models.CharField(max_length=64, blank=True)
+    form_id = models.CharField(max_length=64, blank=True)
+    ad_id = models.CharField(max_length=64, blank=True)
+    adgroup_id = models.CharField(max_length=64, blank=True)
+    # Meta's `created_time` (when the person submitted the form).
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    value = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=16, choices=InboxChangeStatus.choices, default=InboxChangeStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    lead_offer = models.ForeignKey(
+        LeadOffer, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "webhook_inbox_changes"
+        verbose_name = "inbox change"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event", "position"], name="webhook_inbox_changes_event_position"
+            ),
+            choices_check("status", InboxChangeStatus, "webhook_inbox_changes_status_valid"),
+        ]
+        indexes = [
+            # Support and admin lookups by Meta's id.
+            models.Index(fields=["leadgen_id"], name="idx_inbox_changes_leadgen_id"),
+            # The admin's "needs attention" list, and an ad's unrouted changes once it gets mapped.
+            models.Index(
+                fields=["ad_id", "created_at"],
+                name="idx_inbox_changes_parked",
+                condition=models.Q(status__in=["UNROUTED", "FAILED"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"leadgen {self.leadgen_id} ({self.status})"

@@ -100,12 +100,20 @@ def ad_mapping_set_active(*, mapping: AdOfferMap, is_active: bool, actor: User |
     """Activate or deactivate an ad mapping.
 
     Activating a mapping that names an offer routes the ad's leads still waiting in PENDING_MAPPING
-    to that offer (→ TO_BE_CONTACTED), each through the transition service. Returns how many moved.
+    to that offer (→ TO_BE_CONTACTED), each through the transition service. Activating any mapping
+    also sends the ad's unrouted inbox changes through ingestion again (their jobs are deferred in
+    this transaction). Returns how many lead_offers moved.
     """
+    # Imported here: ingestion builds on this module's transition and event services.
+    from leads.ingestion import inbox_requeue_unrouted_for_ad
+
     mapping = AdOfferMap.objects.select_for_update().get(pk=mapping.pk)
     mapping.is_active = is_active
     mapping.save(update_fields=["is_active", "updated_at"])
-    if not is_active or mapping.offer_id is None:
+    if not is_active:
+        return 0
+    inbox_requeue_unrouted_for_ad(mapping.ad_id)
+    if mapping.offer_id is None:
         return 0
     return route_pending_leads_for_ad(mapping=mapping, actor=actor)
 

@@ -17,7 +17,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "rest_framework",
+    "procrastinate.contrib.django",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "converzia",
@@ -125,10 +127,31 @@ META_APP_SECRET = env.str("META_APP_SECRET", default="")
 META_WEBHOOK_VERIFY_TOKEN = env.str("META_WEBHOOK_VERIFY_TOKEN", default="")
 META_GRAPH_URL = env.str("META_GRAPH_URL", default="https://graph.facebook.com/v21.0")
 META_PAGE_ACCESS_TOKEN = env.str("META_PAGE_ACCESS_TOKEN", default="")
+# Graph lead fetch: Meta's own documented budget per call, and how many run at once per event.
+META_GRAPH_TIMEOUT_S = env.float("META_GRAPH_TIMEOUT_S", default=10.0)
+META_GRAPH_CONCURRENCY = env.int("META_GRAPH_CONCURRENCY", default=8)
+# Meta batches up to 1,000 changes (~300 bytes each) per POST; anything far larger is not Meta.
+META_WEBHOOK_MAX_BODY_BYTES = env.int("META_WEBHOOK_MAX_BODY_BYTES", default=1_048_576)
+META_WEBHOOK_MAX_CHANGES = env.int("META_WEBHOOK_MAX_CHANGES", default=1000)
+# The webhook's database budget (D3: 5 s for webhook paths), so a sick database answers 503 in time.
+WEBHOOK_STATEMENT_TIMEOUT_MS = env.int("WEBHOOK_STATEMENT_TIMEOUT_MS", default=2_000)
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
 DELIVERY_ALLOW_PRIVATE_NETWORKS = env.bool("DELIVERY_ALLOW_PRIVATE_NETWORKS", default=False)
 RELEASE_VERSION = env.str("RELEASE_VERSION", default="dev")
+
+# --- Background work (procrastinate, decision D5) ----------------------------------------------
+PROCRASTINATE_AUTODISCOVER_MODULE_NAME = "tasks"
+# Jobs are the truth only about work in flight; the domain rows (inbox, deliveries) are the record.
+# Finished jobs are deleted so the job table stays small; failed ones stay for inspection.
+PROCRASTINATE_WORKER_DEFAULTS = {"delete_jobs": "successful"}
+WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=8)
+# SIGTERM lets running jobs finish for this long, then cancels them (they are retried elsewhere).
+WORKER_SHUTDOWN_GRACE_S = env.float("WORKER_SHUTDOWN_GRACE_S", default=25.0)
+# A worker silent for this long is presumed dead and its running jobs are retried.
+WORKER_STALLED_AFTER_S = env.float("WORKER_STALLED_AFTER_S", default=60.0)
+# An inbox event still pending after this long has lost its job (or keeps failing): defer it again.
+INBOX_STALE_AFTER_S = env.int("INBOX_STALE_AFTER_S", default=180)
 
 # --- API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -183,7 +206,14 @@ LOGGING = {
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # httpx logs each request URL at INFO, and Graph URLs carry the page access token.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        # procrastinate logs every job start and end at INFO; raise it when debugging the queue.
+        "procrastinate": {"level": env.str("PROCRASTINATE_LOG_LEVEL", default="WARNING")},
+    },
 }
 
 # Django caps index names at 30 characters for Oracle's sake; PostgreSQL allows 63, and the guide's

@@ -1,0 +1,154 @@
+"""The timeout-guarded query helper (decision D3): server-side timeouts PostgreSQL really enforces.
+
+    @guarded("portal.leads.list")               # decorator: retried once on a timeout
+    def leads_page(...): ...
+
+    guarded("webhook.inbox.store", timeout_ms=2000).run(fn, *args)   # the same, for a callable
+
+    with guarded("admin.queue.depth"):          # context manager: one attempt (a block cannot rerun)
+        ...
+
+Each attempt runs in a transaction (a savepoint when one is already open) with `SET LOCAL
+statement_timeout` and `lock_timeout`, so the limit dies with the transaction and never reaches the
+next user of the connection, pooled or not. Inside an outer transaction the previous values are put
+back on exit. A cancelled statement (SQLSTATE 57014) or a lock wait past `lock_timeout` (55P03) is
+retried once after a short backoff; then `QueryTimeout` (503 `query_timeout`, `Retry-After`). Every
+attempt logs one structured line: name, attempt, duration, timeout, outcome, tenant and request id.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
+
+from converzia.errors import QueryTimeout
+from converzia.request_context import current_request_id, tenant_id_var
+
+logger = logging.getLogger("converzia.db")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# SQLSTATEs that mean "the server gave up on our statement because of a limit we set".
+_TIMEOUT_SQLSTATES = {"57014", "55P03"}
+DEFAULT_RETRY_BACKOFF_S = 0.05
+
+
+def is_timeout(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc
+    return getattr(cause, "sqlstate", None) in _TIMEOUT_SQLSTATES
+
+
+class guarded:  # noqa: N801 — reads as a verb at the call site, like `transaction.atomic`
+    def __init__(
+        self,
+        name: str,
+        *,
+        timeout_ms: int | None = None,
+        lock_timeout_ms: int | None = None,
+        retries: int = 1,
+        backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        using: str = DEFAULT_DB_ALIAS,
+    ) -> None:
+        self.name = name
+        self.timeout_ms = int(timeout_ms or settings.DB_STATEMENT_TIMEOUT_MS)
+        # Waiting on a lock longer than the statement may run makes no sense; cap it below.
+        self.lock_timeout_ms = int(lock_timeout_ms or max(1, self.timeout_ms // 2))
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.using = using
+
+    # --- decorator and runner: retried -------------------------------------------------------------
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return self.run(fn, *args, **kwargs)
+
+        return wrapper
+
+    def run(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._attempt(attempt):
+                    return fn(*args, **kwargs)
+            except QueryTimeout:
+                if attempt == attempts:
+                    raise
+                time.sleep(self.backoff_s * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- context manager: one attempt --------------------------------------------------------------
+    def __enter__(self) -> guarded:
+        self._context = self._attempt(1)
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        return self._context.__exit__(*exc_info)
+
+    @contextmanager
+    def _attempt(self, attempt: int) -> Iterator[None]:
+        connection = connections[self.using]
+        nested = connection.in_atomic_block
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            with transaction.atomic(using=self.using):
+                previous = self._set_limits(connection, remember=nested)
+                yield
+                if previous is not None:
+                    self._restore_limits(connection, previous)
+        except OperationalError as exc:
+            outcome = "timeout" if is_timeout(exc) else "error"
+            if outcome == "timeout":
+                raise QueryTimeout(details={"query": self.name}) from exc
+            raise
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            logger.info(
+                "query %s attempt %d %s in %.1f ms",
+                self.name,
+                attempt,
+                outcome,
+                (time.perf_counter() - started) * 1000,
+                extra={
+                    "query_name": self.name,
+                    "attempt": attempt,
+                    "outcome": outcome,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "timeout_ms": self.timeout_ms,
+                    "tenant_id": tenant_id_var.get(),
+                    "request_id": current_request_id(),
+                },
+            )
+
+    def _set_limits(self, connection: Any, *, remember: bool) -> tuple[str, str] | None:
+        with connection.cursor() as cursor:
+            if remember:
+                cursor.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')")
+                previous = cursor.fetchone()
+            else:
+                previous = None
+            # set_config(..., true) is SET LOCAL with bound parameters.
+            cursor.execute(
+                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                [f"{self.timeout_ms}ms", f"{self.lock_timeout_ms}ms"],
+            )
+        return previous
+
+    def _restore_limits(self, connection: Any, previous: tuple[str, str]) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                list(previous),
+            )

@@ -1,0 +1,135 @@
+"""`/api/webhooks/meta-leads`: Meta's subscription handshake (GET) and lead notifications (POST).
+
+A plain Django view rather than DRF: the POST must read the raw bytes before any parsing (the
+signature covers them), it answers Meta rather than a portal user, and its ack budget is a few
+milliseconds. Errors still use the API's one error shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from django.conf import settings
+from django.db import Error as DatabaseError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from converzia.api.exception_handler import error_body
+from converzia.errors import ErrorCode, QueryTimeout
+from converzia.metrics import WEBHOOK_REQUESTS
+from leads import meta
+from leads.ingestion import inbox_event_store
+
+logger = logging.getLogger("converzia.webhooks")
+
+# Meta retries on any non-2xx; tell it (and anyone else) when to come back after a 503.
+UNAVAILABLE_RETRY_AFTER_S = 5
+
+
+def _error(code: str, message: str, status: int, details: dict | None = None, **headers: str) -> JsonResponse:
+    response = JsonResponse(error_body(code, message, details), status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def _client_hint(request: HttpRequest) -> str:
+    """A partial address for security logs: enough to spot a pattern, not a full identifier."""
+    address = request.META.get("REMOTE_ADDR", "")
+    return address.rsplit(".", 1)[0] + ".x" if "." in address else address[:8]
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class MetaLeadsWebhookView(View):
+    http_method_names = ["get", "post"]
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        response = _error(ErrorCode.METHOD_NOT_ALLOWED, f"Method {request.method} is not allowed here.", 405)
+        response["Allow"] = "GET, POST"
+        return response
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        mode = request.GET.get("hub.mode")
+        token_ok = meta.verify_token_matches(request.GET.get("hub.verify_token"))
+        challenge = request.GET.get("hub.challenge", "")
+        if mode == "subscribe" and token_ok and challenge:
+            return HttpResponse(challenge, content_type="text/plain; charset=utf-8")
+        logger.warning(
+            "meta webhook verification refused (mode=%s, token matched=%s)",
+            mode,
+            token_ok,
+            extra={"mode": mode, "token_matched": token_ok},
+        )
+        return _error(ErrorCode.FORBIDDEN, "Webhook verification failed.", 403)
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.META_WEBHOOK_MAX_BODY_BYTES
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        if not declared.isdigit() or int(declared) > limit:
+            WEBHOOK_REQUESTS.labels("too_large").inc()
+            return _error(
+                ErrorCode.INVALID_INPUT, f"The body exceeds {limit} bytes.", 413, {"max_bytes": limit}
+            )
+        raw = request.read(limit + 1)
+        if len(raw) > limit:
+            WEBHOOK_REQUESTS.labels("too_large").inc()
+            return _error(
+                ErrorCode.INVALID_INPUT, f"The body exceeds {limit} bytes.", 413, {"max_bytes": limit}
+            )
+
+        if not meta.signature_valid(raw, request.headers.get("X-Hub-Signature-256")):
+            WEBHOOK_REQUESTS.labels("invalid_signature").inc()
+            logger.warning(
+                "meta webhook signature invalid from %s (%d bytes)",
+                _client_hint(request),
+                len(raw),
+                extra={"client": _client_hint(request), "bytes": len(raw)},
+            )
+            return _error(
+                ErrorCode.INVALID_SIGNATURE, "The X-Hub-Signature-256 signature is missing or invalid.", 403
+            )
+
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            WEBHOOK_REQUESTS.labels("invalid_input").inc()
+            return _error(ErrorCode.INVALID_INPUT, "The body is not valid JSON.", 400)
+        if not isinstance(payload, dict) or not isinstance(payload.get("object"), str):
+            WEBHOOK_REQUESTS.labels("invalid_input").inc()
+            return _error(
+                ErrorCode.INVALID_INPUT,
+                "The body must be an object with an `object` field.",
+                400,
+                {"object": "This field is required."},
+            )
+        if payload["object"] not in meta.SUBSCRIBED_OBJECTS:
+            WEBHOOK_REQUESTS.labels("ignored").inc()
+            return JsonResponse({"status": "ignored"})
+        try:
+            changes = meta.leadgen_changes(payload)
+        except meta.PayloadError as exc:
+            WEBHOOK_REQUESTS.labels("invalid_input").inc()
+            return _error(ErrorCode.INVALID_INPUT, str(exc), 400, exc.details)
+        if not changes:
+            WEBHOOK_REQUESTS.labels("ignored").inc()
+            return JsonResponse({"status": "accepted", "events": 0})
+
+        try:
+            inbox_event_store(payload=payload, changes=changes)
+        except QueryTimeout as exc:
+            WEBHOOK_REQUESTS.labels("unavailable").inc()
+            return _error(exc.code, exc.message, 503, Retry_After=str(UNAVAILABLE_RETRY_AFTER_S))
+        except DatabaseError:
+            WEBHOOK_REQUESTS.labels("unavailable").inc()
+            logger.exception("meta webhook could not store an event: database unavailable")
+            return _error(
+                ErrorCode.UNAVAILABLE,
+                "The event could not be stored; retry later.",
+                503,
+                Retry_After=str(UNAVAILABLE_RETRY_AFTER_S),
+            )
+        WEBHOOK_REQUESTS.labels("accepted").inc()
+        return JsonResponse({"status": "accepted", "events": len(changes)})

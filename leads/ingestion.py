@@ -1,0 +1,630 @@
+"""Meta lead ingestion (decision D4): the webhook's durable write, and the job that turns each stored
+leadgen change into exactly one lead_source and one lead_offer.
+
+The inbox is the record. The webhook stores the event and its changes and defers the job in one
+transaction. The job handles each change in its own transaction, which also marks the change done,
+so a crash can never mark a lead as seen without creating it, and a rerun skips what was done.
+Slow calls (the Graph API) happen outside any transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from converzia.cache import invalidate_tenant
+from converzia.db.timeouts import guarded
+from converzia.models import Tenant
+from converzia.request_context import request_id_var
+from leads import meta
+from leads.errors import InvalidPhone
+from leads.models import (
+    AdOfferMap,
+    BillingEligibility,
+    InboxChange,
+    InboxChangeStatus,
+    InboxEvent,
+    InboxEventStatus,
+    LeadEventType,
+    LeadOffer,
+    LeadOfferStatus,
+    LeadSource,
+)
+from leads.phones import normalize_phone
+from leads.services import lead_event_record, lead_offer_transition
+
+logger = logging.getLogger(__name__)
+
+PLATFORM_META = "META"
+EVENT_SOURCE = "META_LEAD_AD"
+# Statuses after which an earlier lead_offer no longer makes a new one a duplicate (is_duplicate_lead).
+_DUPLICATE_IGNORES = (LeadOfferStatus.DISQUALIFIED, LeadOfferStatus.STOPPED)
+
+
+class InboxRetryLater(Exception):
+    """Some changes hit a transient error (Graph 5xx, timeout, rate limit): retry the job later."""
+
+
+# --- The webhook's write -------------------------------------------------------------------------------
+
+
+def inbox_event_store(*, payload: dict[str, Any], changes: list[meta.LeadgenChange]) -> InboxEvent:
+    """Store one Meta POST and defer its processing, in one transaction under the webhook's budget."""
+
+    def store() -> InboxEvent:
+        event = InboxEvent.objects.create(
+            object=str(payload.get("object", "")),
+            payload=payload,
+            leadgen_ids=[change.leadgen_id for change in changes],
+            change_count=len(changes),
+            request_id=_request_id(),
+        )
+        InboxChange.objects.bulk_create(
+            [
+                InboxChange(
+                    event=event,
+                    position=position,
+                    leadgen_id=change.leadgen_id,
+                    page_id=change.page_id,
+                    form_id=change.form_id,
+                    ad_id=change.ad_id,
+                    adgroup_id=change.adgroup_id,
+                    submitted_at=change.submitted_at,
+                    value=change.value,
+                    created_at=event.received_at,
+                )
+                for position, change in enumerate(changes)
+            ]
+        )
+        inbox_event_defer(event.pk)
+        return event
+
+    return guarded("webhook.inbox.store", timeout_ms=settings.WEBHOOK_STATEMENT_TIMEOUT_MS).run(store)
+
+
+def inbox_event_defer(event_id: int) -> bool:
+    """Defer the event's job in the caller's transaction. False when one is already queued for it."""
+    from procrastinate import exceptions as procrastinate_exceptions
+
+    from leads.tasks import process_inbox_event
+
+    try:
+        # Same queueing lock: never two queued jobs for one event. Same lock: never two running.
+        with transaction.atomic():
+            process_inbox_event.configure(
+                lock=f"inbox-event:{event_id}", queueing_lock=f"inbox-event:{event_id}"
+            ).defer(event_id=event_id)
+    except procrastinate_exceptions.AlreadyEnqueued:
+        return False
+    return True
+
+
+def _request_id() -> str:
+    request_id = request_id_var.get()
+    return "" if request_id == "-" else request_id
+
+
+# --- The processing job --------------------------------------------------------------------------------
+
+
+@dataclass
+class InboxEventOutcome:
+    event_id: int
+    counts: dict[str, int] = field(default_factory=dict)
+    retry_later: bool = False
+
+    def count(self, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    lead: dict[str, Any] | None = None
+    error: meta.GraphError | None = None
+
+
+def inbox_event_process(event_id: int, *, final_attempt: bool = False) -> InboxEventOutcome:
+    """Process the event's pending changes, each in its own transaction.
+
+    Transient Graph errors leave a change pending with its error; unless this is the job's final
+    attempt (then the change is parked as FAILED), `InboxRetryLater` is raised at the end so the
+    queue retries the job with backoff. Done changes are never touched again.
+    """
+    outcome = InboxEventOutcome(event_id=event_id)
+    event = InboxEvent.objects.filter(pk=event_id).only("pk", "request_id").first()
+    if event is None:
+        return outcome
+    InboxEvent.objects.filter(pk=event_id).update(attempts=F("attempts") + 1)
+    token = request_id_var.set(event.request_id or f"inbox-{event_id}")
+    try:
+        changes = list(
+            InboxChange.objects.filter(event_id=event_id, status=InboxChangeStatus.PENDING).order_by(
+                "position"
+            )
+        )
+        routes = _active_routes({change.ad_id for change in changes if change.ad_id})
+        seen = _already_ingested(changes, routes)
+        to_fetch = [
+            change
+            for change in changes
+            if change.ad_id in routes and (routes[change.ad_id].tenant_id, change.leadgen_id) not in seen
+        ]
+        fetched = _graph_fetch_all(to_fetch)
+        for change in changes:
+            status = _change_ingest(
+                change,
+                route=routes.get(change.ad_id),
+                fetched=fetched.get(change.pk),
+                final_attempt=final_attempt,
+            )
+            outcome.count(status)
+            if status == InboxChangeStatus.PENDING:
+                outcome.retry_later = True
+    finally:
+        request_id_var.reset(token)
+    _inbox_event_settle(event_id)
+    if outcome.retry_later:
+        raise InboxRetryLater(f"inbox event {event_id}: {outcome.counts}")
+    return outcome
+
+
+def _active_routes(ad_ids: Iterable[str]) -> dict[str, AdOfferMap]:
+    ad_ids = list(ad_ids)
+    if not ad_ids:
+        return {}
+    mappings = AdOfferMap.objects.filter(ad_id__in=ad_ids, is_active=True).only(
+        "ad_id", "tenant_id", "offer_id"
+    )
+    return {mapping.ad_id: mapping for mapping in mappings}
+
+
+def _already_ingested(
+    changes: list[InboxChange], routes: dict[str, AdOfferMap]
+) -> set[tuple[uuid.UUID, str]]:
+    """(tenant, leadgen_id) pairs that already have a lead_source: replays skip the Graph call."""
+    pairs = {(routes[c.ad_id].tenant_id, c.leadgen_id) for c in changes if c.ad_id in routes}
+    if not pairs:
+        return set()
+    condition = Q()
+    for tenant_id, leadgen_id in pairs:
+        condition |= Q(tenant_id=tenant_id, leadgen_id=leadgen_id)
+    return set(LeadSource.objects.filter(condition).values_list("tenant_id", "leadgen_id"))
+
+
+# One Graph client per process: creating one builds an SSL context (milliseconds), and httpx clients
+# are thread-safe. Rebuilt when the settings it was made from change (tests point it elsewhere).
+_graph_lock = threading.Lock()
+_graph_state: dict[str, Any] = {"key": None, "client": None}
+
+
+def _graph() -> httpx.Client:
+    key = (settings.META_GRAPH_URL, settings.META_GRAPH_TIMEOUT_S)
+    with _graph_lock:
+        if _graph_state["key"] != key:
+            if _graph_state["client"] is not None:
+                _graph_state["client"].close()
+            _graph_state.update(key=key, client=meta.graph_client())
+        return _graph_state["client"]
+
+
+def _graph_fetch_one(change: InboxChange) -> _Fetched:
+    try:
+        return _Fetched(lead=meta.graph_lead_fetch(_graph(), change.leadgen_id))
+    except meta.GraphError as exc:
+        return _Fetched(error=exc)
+
+
+def _graph_fetch_all(changes: list[InboxChange]) -> dict[int, _Fetched]:
+    """Fetch the Graph leads of a batch concurrently (HTTP only: the threads never touch the database)."""
+    if len(changes) <= 1:
+        return {change.pk: _graph_fetch_one(change) for change in changes}
+    workers = min(settings.META_GRAPH_CONCURRENCY, len(changes))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graph") as pool:
+        results = pool.map(_graph_fetch_one, changes)
+        return {change.pk: result for change, result in zip(changes, results, strict=True)}
+
+
+def _change_ingest(
+    change: InboxChange, *, route: AdOfferMap | None, fetched: _Fetched | None, final_attempt: bool
+) -> str:
+    """One change, one transaction (under the statement timeout). Returns the change's new status."""
+    return guarded("ingest.change", retries=1).run(
+        _change_ingest_locked, change, route, fetched, final_attempt
+    )
+
+
+def _change_ingest_locked(
+    change: InboxChange, route: AdOfferMap | None, fetched: _Fetched | None, final_attempt: bool
+) -> str:
+    locked = InboxChange.objects.select_for_update().filter(pk=change.pk).first()
+    if locked is None or locked.status != InboxChangeStatus.PENDING:
+        # Another job got here first (a sweep re-deferral racing a slow job): nothing to do.
+        return locked.status if locked else InboxChangeStatus.PROCESSED
+    if route is None:
+        reason = (
+            "The change has no ad_id (organic or test lead)."
+            if not change.ad_id
+            else f"No active ad mapping for ad {change.ad_id}."
+        )
+        return _change_settle(locked, InboxChangeStatus.UNROUTED, error=reason)
+
+    existing = (
+        LeadSource.objects.for_tenant(route.tenant_id)
+        .filter(leadgen_id=locked.leadgen_id)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if existing is not None:
+        return _change_settle(
+            locked,
+            InboxChangeStatus.REPLAY,
+            tenant_id=route.tenant_id,
+            lead_offer_id=_lead_offer_of_source(existing),
+        )
+
+    if fetched is None:
+        # Routed after the batch was fetched (a mapping appeared mid-job): fetch it now.
+        fetched = _graph_fetch_one(locked)
+    if fetched.error is not None:
+        if fetched.error.transient and not final_attempt:
+            return _change_settle(locked, InboxChangeStatus.PENDING, error=str(fetched.error))
+        return _change_settle(
+            locked, InboxChangeStatus.FAILED, tenant_id=route.tenant_id, error=str(fetched.error)
+        )
+    graph_lead = fetched.lead or {}
+    if not isinstance(graph_lead.get("field_data"), list):
+        return _change_settle(
+            locked,
+            InboxChangeStatus.FAILED,
+            tenant_id=route.tenant_id,
+            error="The Graph lead has no field_data.",
+        )
+
+    fields = meta.extract_lead_fields(graph_lead)
+    try:
+        phone = normalize_phone(fields.phone)
+    except InvalidPhone as exc:
+        return _change_settle(
+            locked,
+            InboxChangeStatus.FAILED,
+            tenant_id=route.tenant_id,
+            error=f"No usable phone: {exc.message}",
+        )
+
+    lead_id = _lead_upsert(phone, fields)
+    source_id = _lead_source_insert(locked, route, lead_id, graph_lead, fields)
+    if source_id is None:
+        # Another transaction stored this leadgen_id since our check: a replay after all.
+        existing = LeadSource.objects.for_tenant(route.tenant_id).filter(leadgen_id=locked.leadgen_id).first()
+        return _change_settle(
+            locked,
+            InboxChangeStatus.REPLAY,
+            tenant_id=route.tenant_id,
+            lead_offer_id=_lead_offer_of_source(existing.pk) if existing else None,
+        )
+    lead_offer = _lead_offer_attach(locked, route, lead_id, source_id, fields)
+    invalidate_tenant(route.tenant_id)
+    return _change_settle(
+        locked, InboxChangeStatus.PROCESSED, tenant_id=route.tenant_id, lead_offer_id=lead_offer.pk
+    )
+
+
+def _lead_offer_of_source(source_id: uuid.UUID) -> uuid.UUID | None:
+    return LeadOffer.objects.filter(lead_source_id=source_id).values_list("pk", flat=True).first()
+
+
+def _change_settle(
+    change: InboxChange,
+    status: str,
+    *,
+    error: str = "",
+    tenant_id: uuid.UUID | None = None,
+    lead_offer_id: uuid.UUID | None = None,
+) -> str:
+    change.status = status
+    change.attempts += 1
+    change.last_error = error
+    change.tenant_id = tenant_id or change.tenant_id
+    change.lead_offer_id = lead_offer_id or change.lead_offer_id
+    change.processed_at = None if status == InboxChangeStatus.PENDING else timezone.now()
+    change.save(update_fields=["status", "attempts", "last_error", "tenant", "lead_offer", "processed_at"])
+    if status in InboxChangeStatus.parked() or status == InboxChangeStatus.PENDING:
+        logger.warning(
+            "leadgen %s %s: %s",
+            change.leadgen_id,
+            status.lower(),
+            error,
+            extra={"leadgen_id": change.leadgen_id, "inbox_change_id": change.pk, "outcome": status},
+        )
+    return status
+
+
+# The lead upsert: a known value is never replaced by an empty one (v1 overwrote PII with nulls).
+_LEAD_UPSERT_SQL = """
+INSERT INTO leads (id, phone, email, first_name, last_name, full_name, country_code, language,
+                   opted_out, opt_out_reason, created_at, updated_at)
+VALUES (%(id)s, %(phone)s, %(email)s, %(first_name)s, %(last_name)s, %(full_name)s, %(country_code)s,
+        'es', false, '', %(now)s, %(now)s)
+ON CONFLICT (phone) DO UPDATE SET
+    email = COALESCE(NULLIF(EXCLUDED.email, ''), leads.email),
+    first_name = COALESCE(NULLIF(EXCLUDED.first_name, ''), leads.first_name),
+    last_name = COALESCE(NULLIF(EXCLUDED.last_name, ''), leads.last_name),
+    full_name = COALESCE(NULLIF(EXCLUDED.full_name, ''), leads.full_name),
+    updated_at = EXCLUDED.updated_at
+RETURNING id
+"""
+
+
+def _lead_upsert(phone: str, fields: meta.LeadFields) -> uuid.UUID:
+    """Insert or update the person by phone. Also takes the lead's row lock until commit, so two
+    changes for the same person serialise here and cannot both create a lead_offer."""
+    email = fields.email
+    try:
+        validate_email(email) if email else None
+    except ValidationError:
+        email = ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _LEAD_UPSERT_SQL,
+            {
+                "id": uuid.uuid4(),
+                "phone": phone,
+                "email": email,
+                "first_name": fields.first_name,
+                "last_name": fields.last_name,
+                "full_name": fields.full_name,
+                "country_code": _country_code(phone),
+                "now": timezone.now(),
+            },
+        )
+        return cursor.fetchone()[0]
+
+
+def _country_code(phone: str) -> str:
+    import phonenumbers
+
+    return phonenumbers.region_code_for_number(phonenumbers.parse(phone)) or settings.PHONE_DEFAULT_REGION
+
+
+_LEAD_SOURCE_INSERT_SQL = """
+INSERT INTO lead_sources (id, lead_id, tenant_id, leadgen_id, platform, ad_id, adset_id, campaign_id,
+                          form_id, form_data, utm_source, utm_medium, utm_campaign, utm_content,
+                          utm_term, created_at)
+VALUES (%(id)s, %(lead_id)s, %(tenant_id)s, %(leadgen_id)s, 'META', %(ad_id)s, %(adset_id)s,
+        %(campaign_id)s, %(form_id)s, %(form_data)s, '', '', '', '', '', %(now)s)
+ON CONFLICT (tenant_id, leadgen_id) WHERE leadgen_id IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+
+def _lead_source_insert(
+    change: InboxChange,
+    route: AdOfferMap,
+    lead_id: uuid.UUID,
+    graph_lead: dict[str, Any],
+    fields: meta.LeadFields,
+) -> uuid.UUID | None:
+    """The idempotency record: None when the tenant already has this leadgen_id."""
+    from psycopg.types.json import Jsonb
+
+    form_data = {
+        "leadgen": change.value,
+        "lead": meta.graph_lead_redacted(graph_lead, fields),
+        "received_at": change.created_at.isoformat(),
+        "inbox_change_id": change.pk,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _LEAD_SOURCE_INSERT_SQL,
+            {
+                "id": uuid.uuid4(),
+                "lead_id": lead_id,
+                "tenant_id": route.tenant_id,
+                "leadgen_id": change.leadgen_id,
+                "ad_id": change.ad_id,
+                "adset_id": str(graph_lead.get("adset_id") or "")[:64],
+                "campaign_id": str(graph_lead.get("campaign_id") or "")[:64],
+                "form_id": change.form_id or str(graph_lead.get("form_id") or "")[:64],
+                "form_data": Jsonb(form_data),
+                "now": timezone.now(),
+            },
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _qualification_prefill(change: InboxChange, fields: meta.LeadFields) -> dict[str, Any]:
+    prefill: dict[str, Any] = {
+        "meta": {"ad_id": change.ad_id, "leadgen_id": change.leadgen_id, "form_id": change.form_id}
+    }
+    if fields.full_name:
+        prefill["name"] = fields.full_name
+    if fields.purpose:
+        prefill["purpose"] = fields.purpose
+        prefill["is_investor"] = fields.purpose.strip().lower() in ("inversión", "inversion", "investment")
+    return prefill
+
+
+def _lead_offer_attach(
+    change: InboxChange, route: AdOfferMap, lead_id: uuid.UUID, source_id: uuid.UUID, fields: meta.LeadFields
+) -> LeadOffer:
+    """Create the lead's funnel row for the tenant (and offer), or reuse the one it already has.
+
+    A returning lead keeps its row and status (v1 tried to reset it and tripped the matrix); one that
+    had gone cold is reactivated when the matrix allows it. A new row for a person the tenant already
+    has inside `duplicate_window_days` is marked NOT_CHARGEABLE_DUPLICATE.
+    """
+    details = {
+        "source": EVENT_SOURCE,
+        "ad_id": change.ad_id,
+        "form_id": change.form_id,
+        "leadgen_id": change.leadgen_id,
+        "inbox_change_id": change.pk,
+    }
+    existing = (
+        LeadOffer.objects.for_tenant(route.tenant_id).filter(lead_id=lead_id, offer_id=route.offer_id).first()
+    )
+    if existing is not None:
+        lead_event_record(
+            lead_offer=existing,
+            event_type=LeadEventType.FIELD_UPDATED,
+            details={**details, "repeat": True},
+        )
+        if existing.status == LeadOfferStatus.COOLING:
+            existing = lead_offer_transition(
+                lead_offer=existing,
+                to_status=LeadOfferStatus.REACTIVATION,
+                reason="The lead submitted the form again.",
+            )
+        return existing
+
+    duplicate_of = _duplicate_within_window(route.tenant_id, lead_id)
+    now = timezone.now()
+    lead_offer = LeadOffer.objects.create(
+        lead_id=lead_id,
+        tenant_id=route.tenant_id,
+        offer_id=route.offer_id,
+        lead_source_id=source_id,
+        status=LeadOfferStatus.TO_BE_CONTACTED if route.offer_id else LeadOfferStatus.PENDING_MAPPING,
+        qualification_fields=_qualification_prefill(change, fields),
+        billing_eligibility=(
+            BillingEligibility.NOT_CHARGEABLE_DUPLICATE if duplicate_of else BillingEligibility.PENDING
+        ),
+        billing_notes=f"Duplicate of lead offer {duplicate_of} inside the tenant's window."
+        if duplicate_of
+        else "",
+        # Mapped leads are due for their first contact at once (v1 never scheduled it).
+        next_attempt_at=now if route.offer_id else None,
+        status_changed_at=now,
+    )
+    if duplicate_of:
+        details["duplicate_of"] = str(duplicate_of)
+    lead_event_record(lead_offer=lead_offer, event_type=LeadEventType.CREATED, details=details)
+    return lead_offer
+
+
+def _duplicate_within_window(tenant_id: uuid.UUID, lead_id: uuid.UUID) -> uuid.UUID | None:
+    """The tenant's earlier live lead_offer for the same person inside its window (is_duplicate_lead)."""
+    window_days = Tenant.objects.filter(pk=tenant_id).values_list("duplicate_window_days", flat=True).first()
+    if not window_days:
+        return None
+    since = timezone.now() - timedelta(days=window_days)
+    return (
+        LeadOffer.objects.for_tenant(tenant_id)
+        .filter(lead_id=lead_id, created_at__gte=since)
+        .exclude(status__in=_DUPLICATE_IGNORES)
+        .order_by("created_at")
+        .values_list("pk", flat=True)
+        .first()
+    )
+
+
+def _inbox_event_settle(event_id: int) -> None:
+    counts = InboxChange.objects.filter(event_id=event_id).aggregate(
+        pending=Count("pk", filter=Q(status=InboxChangeStatus.PENDING)),
+        parked=Count("pk", filter=Q(status__in=InboxChangeStatus.parked())),
+        failed=Count("pk", filter=Q(status=InboxChangeStatus.FAILED)),
+    )
+    if counts["pending"]:
+        status, processed_at = InboxEventStatus.PENDING, None
+    elif counts["parked"]:
+        status, processed_at = InboxEventStatus.PARKED, timezone.now()
+    else:
+        status, processed_at = InboxEventStatus.DONE, timezone.now()
+    last_error = (
+        InboxChange.objects.filter(event_id=event_id)
+        .exclude(last_error="")
+        .order_by("-position")
+        .values_list("last_error", flat=True)
+        .first()
+        if counts["pending"] or counts["parked"]
+        else ""
+    )
+    InboxEvent.objects.filter(pk=event_id).update(
+        status=status, processed_at=processed_at, last_error=last_error or ""
+    )
+
+
+# --- Re-routing, reprocessing and the sweep ------------------------------------------------------------
+
+
+def inbox_changes_requeue(changes: Iterable[InboxChange] | Any) -> int:
+    """Put parked changes back to PENDING and defer their events' jobs (admin "reprocess", mapping).
+
+    Runs in the caller's transaction, so the jobs exist only if the requeue commits.
+    """
+    with transaction.atomic():
+        ids = list(
+            InboxChange.objects.filter(
+                pk__in=[c.pk for c in changes] if isinstance(changes, list) else changes
+            )
+            .filter(status__in=InboxChangeStatus.parked())
+            .values_list("pk", flat=True)
+        )
+        if not ids:
+            return 0
+        event_ids = set(InboxChange.objects.filter(pk__in=ids).values_list("event_id", flat=True).distinct())
+        InboxChange.objects.filter(pk__in=ids).update(status=InboxChangeStatus.PENDING, processed_at=None)
+        InboxEvent.objects.filter(pk__in=event_ids).update(status=InboxEventStatus.PENDING, processed_at=None)
+        for event_id in sorted(event_ids):
+            inbox_event_defer(event_id)
+    return len(ids)
+
+
+def inbox_requeue_unrouted_for_ad(ad_id: str) -> int:
+    """An ad just got an active mapping: its parked, unrouted changes go through ingestion again."""
+    return inbox_changes_requeue(
+        InboxChange.objects.filter(ad_id=ad_id, status=InboxChangeStatus.UNROUTED).values("pk")
+    )
+
+
+def inbox_events_requeue(event_ids: Iterable[int]) -> int:
+    """Admin "reprocess" on whole events: their parked changes, and the pending ones' lost jobs."""
+    event_ids = list(event_ids)
+    with transaction.atomic():
+        requeued = inbox_changes_requeue(
+            InboxChange.objects.filter(event_id__in=event_ids, status__in=InboxChangeStatus.parked()).values(
+                "pk"
+            )
+        )
+        for event_id in InboxEvent.objects.filter(
+            pk__in=event_ids, status=InboxEventStatus.PENDING
+        ).values_list("pk", flat=True):
+            inbox_event_defer(event_id)
+    return requeued
+
+
+def inbox_stale_sweep(*, older_than_s: int | None = None, limit: int = 1000) -> int:
+    """Re-defer events still pending after `older_than_s` (a lost job must not mean a lost lead).
+
+    An event whose job is still queued (or waiting for its retry) keeps that job: the queueing lock
+    refuses a second one. Returns how many jobs were deferred.
+    """
+    older_than_s = settings.INBOX_STALE_AFTER_S if older_than_s is None else older_than_s
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    stale = list(
+        InboxEvent.objects.filter(status=InboxEventStatus.PENDING, received_at__lt=cutoff)
+        .order_by("received_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    deferred = 0
+    for event_id in stale:
+        with transaction.atomic():
+            deferred += inbox_event_defer(event_id)
+    if deferred:
+        logger.warning("inbox sweep re-deferred %d stale event(s)", deferred, extra={"deferred": deferred})
+    return deferred
