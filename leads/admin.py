@@ -12,12 +12,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
+from django.utils.text import Truncator
 
 from converzia.admin_tools import (
     ExactSearchMixin,
@@ -27,6 +30,7 @@ from converzia.admin_tools import (
     TenantFilter,
     ViewOnlyInlineMixin,
     ViewOnlyMixin,
+    action_objects,
     admin_change_link,
     any_of,
     as_uuid,
@@ -36,7 +40,18 @@ from converzia.admin_tools import (
 )
 from leads.errors import InvalidPhone
 from leads.forms import AdOfferMapAdminForm, LeadAdminForm, LeadOfferTransitionForm
-from leads.models import ActorType, AdOfferMap, Lead, LeadEvent, LeadOffer, LeadSource, Offer
+from leads.ingestion import inbox_changes_requeue, inbox_events_requeue
+from leads.models import (
+    ActorType,
+    AdOfferMap,
+    InboxChange,
+    InboxEvent,
+    Lead,
+    LeadEvent,
+    LeadOffer,
+    LeadSource,
+    Offer,
+)
 from leads.phones import normalize_phone
 from leads.services import ad_mapping_set_active, lead_offer_transition
 
@@ -515,3 +530,189 @@ class LeadEventAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
         if lead_ids is None:
             return None
         return any_of([Q(lead_id__in=lead_ids)] if lead_ids else [])
+
+
+# --- Meta webhook inbox -------------------------------------------------------------------------------
+
+
+class InboxErrorFilter(admin.SimpleListFilter):
+    """What went wrong, by the prefix of the error text each failure path writes."""
+
+    title = "error"
+    parameter_name = "error"
+    KINDS = {
+        "any": ("Any error", ~Q(last_error="")),
+        "graph": ("Graph API", Q(last_error__startswith="Graph API") | Q(last_error__startswith="The Graph")),
+        "phone": ("No usable phone", Q(last_error__startswith="No usable phone")),
+        "mapping": ("No ad mapping", Q(last_error__startswith="No active ad mapping")),
+        "organic": ("No ad id", Q(last_error__startswith="The change has no ad_id")),
+        "token": ("Access token missing", Q(last_error__startswith="META_PAGE_ACCESS_TOKEN")),
+        "none": ("No error", Q(last_error="")),
+    }
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(key, label) for key, (label, _) in self.KINDS.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        kind = self.KINDS.get(self.value() or "")
+        return queryset.filter(kind[1]) if kind else queryset
+
+
+def _pretty_json(value: Any) -> str:
+    return format_html("<pre style='white-space:pre-wrap;margin:0'>{}</pre>", json.dumps(value, indent=2))
+
+
+class InboxChangeOfEventInline(ViewOnlyInlineMixin, admin.TabularInline):
+    model = InboxChange
+    formset = limited_inline_formset(LEAD_OFFERS_SHOWN)
+    fields = ("position", "leadgen_id", "ad_id", "status", "attempts", "last_error", "lead_offer_link")
+    readonly_fields = fields
+    ordering = ("position",)
+
+    @admin.display(description="lead offer")
+    def lead_offer_link(self, obj: InboxChange) -> str:
+        return admin_change_link(LeadOffer, obj.lead_offer_id) if obj.lead_offer_id else "—"
+
+
+@admin.register(InboxEvent)
+class InboxEventAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
+    """Every signed POST from Meta, as received. "Reprocess" re-runs its parked and stuck changes."""
+
+    list_display = ("id", "received_at", "status", "change_count", "attempts", "short_error", "processed_at")
+    list_filter = ("status", InboxErrorFilter)
+    search_fields = ("=id",)
+    search_help_text = "Exact: inbox event number or a Meta leadgen id."
+    sortable_by = ()
+    ordering = ("-pk",)
+    fields = (
+        "id",
+        "received_at",
+        "status",
+        "object",
+        "change_count",
+        "leadgen_ids",
+        "attempts",
+        "last_error",
+        "processed_at",
+        "request_id",
+        "payload_pretty",
+    )
+    readonly_fields = fields
+    inlines = (InboxChangeOfEventInline,)
+    actions = ("reprocess",)
+
+    @admin.display(description="last error")
+    def short_error(self, obj: InboxEvent) -> str:
+        return Truncator(obj.last_error).chars(80)
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj: InboxEvent) -> str:
+        return _pretty_json(obj.payload)
+
+    def exact_search_q(self, term: str) -> Q | None:
+        if not term.isdigit():
+            return None
+        event_ids = InboxChange.objects.filter(leadgen_id=term).values("event_id")[:RESOLVED_IDS_LIMIT]
+        # An id beyond bigint range can only be a leadgen id.
+        by_pk = Q(pk=int(term)) if int(term) < 2**63 else Q(pk__in=[])
+        return by_pk | Q(pk__in=list(event_ids))
+
+    # Reprocessing is an operational action, not an edit: allowed to whoever may view the inbox.
+    def has_reprocess_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    @admin.action(description="Reprocess (parked changes and stuck jobs)", permissions=["reprocess"])
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[InboxEvent]) -> None:
+        events = action_objects(self, request, queryset)
+        if events is None:
+            return
+        requeued = inbox_events_requeue([event.pk for event in events])
+        self.message_user(
+            request,
+            f"{len(events)} event(s) queued for processing; "
+            f"{requeued} parked change(s) sent back to the queue.",
+            messages.SUCCESS,
+        )
+
+
+@admin.register(InboxChange)
+class InboxChangeAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
+    """One row per leadgen change. UNROUTED and FAILED rows wait here for staff; nothing is dropped."""
+
+    list_display = (
+        "id",
+        "leadgen_id",
+        "ad_id",
+        "status",
+        "tenant",
+        "attempts",
+        "short_error",
+        "event_link",
+        "lead_offer_link",
+        "created_at",
+    )
+    list_filter = ("status", InboxErrorFilter, TenantFilter)
+    list_select_related = ("tenant",)
+    search_fields = ("=leadgen_id",)
+    search_help_text = "Exact: Meta leadgen id or ad id."
+    sortable_by = ()
+    ordering = ("-pk",)
+    # idx_inbox_changes_tenant_created.
+    indexed_orderings = ((("tenant",), ("-created_at",)),)
+    fields = (
+        "id",
+        "event_link",
+        "position",
+        "status",
+        "leadgen_id",
+        "page_id",
+        "form_id",
+        "ad_id",
+        "adgroup_id",
+        "submitted_at",
+        "tenant",
+        "lead_offer_link",
+        "attempts",
+        "last_error",
+        "created_at",
+        "processed_at",
+        "value_pretty",
+    )
+    readonly_fields = fields
+    actions = ("reprocess",)
+
+    @admin.display(description="last error")
+    def short_error(self, obj: InboxChange) -> str:
+        return Truncator(obj.last_error).chars(80)
+
+    @admin.display(description="event")
+    def event_link(self, obj: InboxChange) -> str:
+        return admin_change_link(InboxEvent, obj.event_id, f"#{obj.event_id}")
+
+    @admin.display(description="lead offer")
+    def lead_offer_link(self, obj: InboxChange) -> str:
+        return admin_change_link(LeadOffer, obj.lead_offer_id) if obj.lead_offer_id else "—"
+
+    @admin.display(description="change value")
+    def value_pretty(self, obj: InboxChange) -> str:
+        return _pretty_json(obj.value)
+
+    def exact_search_q(self, term: str) -> Q | None:
+        if not term.isdigit():
+            return None
+        return Q(leadgen_id=term) | Q(ad_id=term)
+
+    def has_reprocess_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    @admin.action(description="Reprocess (unrouted and failed only)", permissions=["reprocess"])
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[InboxChange]) -> None:
+        changes = action_objects(self, request, queryset)
+        if changes is None:
+            return
+        requeued = inbox_changes_requeue(changes)
+        skipped = len(changes) - requeued
+        message = f"{requeued} change(s) queued for processing."
+        if skipped:
+            message += f" {skipped} skipped: only UNROUTED and FAILED changes are reprocessed."
+        self.message_user(request, message, messages.SUCCESS if requeued else messages.WARNING)

@@ -515,6 +515,9 @@ class InboxChange(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     processed_at = models.DateTimeField(null=True, blank=True)
 
+    # The tenant is known once the change is routed; staff views filter by it.
+    objects = TenantScopedQuerySet.as_manager()
+
     class Meta:
         db_table = "webhook_inbox_changes"
         verbose_name = "inbox change"
@@ -527,6 +530,8 @@ class InboxChange(models.Model):
         indexes = [
             # Support and admin lookups by Meta's id.
             models.Index(fields=["leadgen_id"], name="idx_inbox_changes_leadgen_id"),
+            # A tenant's inbox in the admin (and the FK's delete path).
+            models.Index(fields=["tenant", "-created_at"], name="idx_inbox_changes_tenant_created"),
             # The admin's "needs attention" list, and an ad's unrouted changes once it gets mapped.
             models.Index(
                 fields=["ad_id", "created_at"],

@@ -16,7 +16,7 @@ from converzia.models import Tenant, TenantMember, User
 from converzia.tests.factories import TenantFactory, TenantMemberFactory, UserFactory
 from deliveries.models import Delivery
 from deliveries.tests.factories import DeliveryFactory
-from leads.models import AdOfferMap, LeadOffer, LeadSource, Offer
+from leads.models import AdOfferMap, InboxChange, InboxEvent, LeadOffer, LeadSource, Offer
 from leads.tests.factories import (
     AdOfferMapFactory,
     LeadFactory,
@@ -77,6 +77,17 @@ def _lead_offer_billing_eligibility():
     return LeadOffer, LeadOfferFactory(), {"billing_eligibility": "MAYBE"}
 
 
+def _inbox_event_status():
+    event = InboxEvent.objects.create(payload={"object": "page", "entry": []})
+    return InboxEvent, event, {"status": "LOST"}
+
+
+def _inbox_change_status():
+    event = InboxEvent.objects.create(payload={"object": "page", "entry": []})
+    change = InboxChange.objects.create(event=event, position=0, leadgen_id="1")
+    return InboxChange, change, {"status": "DROPPED"}
+
+
 def _order_credits():
     return BillingOrder, BillingOrderFactory(), {"credits_purchased": 0}
 
@@ -107,6 +118,8 @@ CASES = {
     "tenant_members_role_valid": _member_role,
     "tenant_members_status_valid": _member_status,
     "lead_offers_billing_eligibility_valid": _lead_offer_billing_eligibility,
+    "webhook_inbox_events_status_valid": _inbox_event_status,
+    "webhook_inbox_changes_status_valid": _inbox_change_status,
     "tenants_slug_format": _tenant_slug,
     "tenants_score_threshold_range": _tenant_threshold,
     "users_email_lowercase": _user_email,

@@ -35,7 +35,19 @@ from converzia.services import api_token_issue
 from converzia.tests.factories import TenantFactory, TenantMemberFactory
 from deliveries.models import Delivery, DeliveryAttempt, DeliveryDestination
 from deliveries.tests.factories import DeliveryAttemptFactory, DeliveryDestinationFactory, DeliveryFactory
-from leads.models import AdOfferMap, Lead, LeadEvent, LeadOffer, LeadOfferStatus, LeadSource, Offer
+from leads.ingestion import inbox_event_store
+from leads.meta import LeadgenChange
+from leads.models import (
+    AdOfferMap,
+    InboxChange,
+    InboxEvent,
+    Lead,
+    LeadEvent,
+    LeadOffer,
+    LeadOfferStatus,
+    LeadSource,
+    Offer,
+)
 from leads.tests.factories import (
     AdOfferMapFactory,
     LeadEventFactory,
@@ -86,6 +98,14 @@ def one_of_each(admin_user) -> dict[type[Model], Model]:
     consumption = credit_consume(
         tenant_id=tenant.pk, delivery_id=delivery.pk, lead_offer_id=delivery.lead_offer_id
     )
+    # A stored webhook event: its change is routed to this tenant, and storing it deferred a job.
+    inbox_event = inbox_event_store(
+        payload={"object": "page", "entry": []},
+        changes=[LeadgenChange(leadgen_id="990000000001", ad_id=mapping.ad_id, value={"ad_id": mapping.ad_id})],
+    )
+    inbox_change = inbox_event.changes.get()
+    InboxChange.objects.filter(pk=inbox_change.pk).update(tenant=tenant)
+    job = apps.get_model("procrastinate", "ProcrastinateJob").objects.get(args__event_id=inbox_event.pk)
     # Portal models are reached through the app registry: nothing imports from portal.
     stats_refresh = apps.get_model("portal", "StatsViewRefresh").objects.create(
         view_name="tenant_stats_materialized",
@@ -107,6 +127,9 @@ def one_of_each(admin_user) -> dict[type[Model], Model]:
         LeadSource: source,
         LeadOffer: lead_offer,
         LeadEvent: event,
+        InboxEvent: inbox_event,
+        InboxChange: inbox_change,
+        type(job): job,
         TenantPricing: pricing,
         # The purchase's order is created by the service above.
         CreditLedger: consumption,

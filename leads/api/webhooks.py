@@ -96,12 +96,22 @@ class MetaLeadsWebhookView(View):
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             WEBHOOK_REQUESTS.labels("invalid_input").inc()
-            return _error(ErrorCode.INVALID_INPUT, "The body is not valid JSON.", 400)
-        if not isinstance(payload, dict) or not isinstance(payload.get("object"), str):
+            return _error(
+                ErrorCode.INVALID_INPUT, "The body is not valid JSON.", 400, {"body": "Not valid JSON."}
+            )
+        if not isinstance(payload, dict):
             WEBHOOK_REQUESTS.labels("invalid_input").inc()
             return _error(
                 ErrorCode.INVALID_INPUT,
-                "The body must be an object with an `object` field.",
+                "The body must be a JSON object.",
+                400,
+                {"body": "Must be a JSON object."},
+            )
+        if not isinstance(payload.get("object"), str):
+            WEBHOOK_REQUESTS.labels("invalid_input").inc()
+            return _error(
+                ErrorCode.INVALID_INPUT,
+                "The body must have an `object` field.",
                 400,
                 {"object": "This field is required."},
             )

@@ -53,6 +53,9 @@ BULK_TABLES = [
     "delivery_attempts",
     "credit_ledger",
 ]
+# Not loaded, but they reference bulk tables, so TRUNCATE (which COPY FREEZE needs) must include them;
+# the seeder only runs on a database without tenants or leads, where they are empty too.
+REFERENCING_TABLES = ["webhook_inbox_changes"]
 ANALYZE_TABLES = [
     "users",
     "api_tokens",
@@ -171,13 +174,14 @@ def _truncate_for_freeze(cursor: Any) -> bool:
     Only when they are all empty, and without CASCADE: if another table references one of them,
     TRUNCATE fails and the load simply goes without FREEZE.
     """
-    for table in BULK_TABLES:
+    tables = [*BULK_TABLES, *REFERENCING_TABLES]
+    for table in tables:
         cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")
         if cursor.fetchone()[0]:
             return False
     try:
         with transaction.atomic():
-            cursor.execute(f"TRUNCATE {', '.join(BULK_TABLES)}")
+            cursor.execute(f"TRUNCATE {', '.join(tables)}")
         return True
     except psycopg.Error:
         return False

@@ -25,13 +25,14 @@ from leads.models import Lead, LeadEvent, LeadOffer, LeadSource
 from leads.phones import normalize_phone
 from leads.transitions import ALLOWED_TRANSITIONS
 from portal.seeding.generator import PhoneBook
-from portal.seeding.runner import BULK_TABLES, seed_config, seed_demo
+from portal.seeding.runner import BULK_TABLES, REFERENCING_TABLES, seed_config, seed_demo
 
 pytestmark = pytest.mark.django_db
 
 SEEDED_TABLES = [
     "users", "api_tokens", "tenants", "tenant_members", "tenant_pricing", "offers", "ad_offer_map",
     "delivery_destinations", "billing_orders", "tenant_credit_balances", "platform_costs", *BULK_TABLES,
+    *REFERENCING_TABLES,
 ]  # fmt: skip
 
 SMALL = ["--tenants", "5", "--leads", "1500", "--whale", "500", "--seed", "7"]
