@@ -612,7 +612,9 @@ class InboxEventAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
     def exact_search_q(self, term: str) -> Q | None:
         if not term.isdigit():
             return None
-        event_ids = InboxChange.objects.filter(leadgen_id=term).values("event_id")[:RESOLVED_IDS_LIMIT]
+        event_ids = InboxChange.objects.filter(leadgen_id=term).values_list("event_id", flat=True)[
+            :RESOLVED_IDS_LIMIT
+        ]
         # An id beyond bigint range can only be a leadgen id.
         by_pk = Q(pk=int(term)) if int(term) < 2**63 else Q(pk__in=[])
         return by_pk | Q(pk__in=list(event_ids))

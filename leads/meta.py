@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -163,6 +164,36 @@ class GraphError(Exception):
         self.status = status
 
 
+# `access_token=<value>` inside any text (a URL, a log line, an upstream's error message).
+_ACCESS_TOKEN_IN_TEXT = re.compile(r"(access_token=)[^&\s\"'<>]+", re.IGNORECASE)
+_REDACTED = "[redacted]"
+
+
+def _redact_token(text: str, token: str = "") -> str:
+    text = _ACCESS_TOKEN_IN_TEXT.sub(r"\1" + _REDACTED, text)
+    return text.replace(token, _REDACTED) if token else text
+
+
+class _AccessTokenLogFilter(logging.Filter):
+    """httpx logs every request URL at INFO, and Graph URLs carry the page access token: mask it there,
+    whatever level an operator turns httpx up to (the settings keep it at WARNING as well)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "access_token=" in message.lower():
+            record.msg, record.args = _redact_token(message), None
+        return True
+
+
+def _install_log_filter() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(existing, _AccessTokenLogFilter) for existing in httpx_logger.filters):
+        httpx_logger.addFilter(_AccessTokenLogFilter())
+
+
+_install_log_filter()
+
+
 def graph_client() -> httpx.Client:
     timeout = settings.META_GRAPH_TIMEOUT_S
     return httpx.Client(
@@ -204,7 +235,8 @@ def graph_lead_fetch(
         )
         detail = f"Graph API answered {status}" + (f" (code {code})" if code is not None else "")
         if message:
-            detail += f": {message[:200]}"
+            # Our text is stored and logged: an upstream that quotes the request must not leak the token.
+            detail += f": {_redact_token(str(message), token)[:200]}"
         raise GraphError(detail, transient=transient, status=status)
     return body
 
@@ -228,6 +260,14 @@ _PURPOSE_MARKERS = ("propósito", "proposito", "purpose")
 _SENSITIVE_MARKERS = ("dni",)
 
 
+def _field_name(item: dict[str, Any]) -> str:
+    return str(item.get("name", "")).strip().lower()
+
+
+def _is_sensitive(name: str) -> bool:
+    return any(marker in name for marker in _SENSITIVE_MARKERS)
+
+
 def _first_value(item: dict[str, Any]) -> str:
     values = item.get("values")
     if isinstance(values, list) and values:
@@ -242,11 +282,11 @@ def extract_lead_fields(graph_lead: dict[str, Any]) -> LeadFields:
     for item in graph_lead.get("field_data") or []:
         if not isinstance(item, dict):
             continue
-        name = str(item.get("name", "")).strip().lower()
+        name = _field_name(item)
         value = _first_value(item)
         if not name or not value:
             continue
-        if any(marker in name for marker in _SENSITIVE_MARKERS):
+        if _is_sensitive(name):
             dropped.append(name)
             continue
         if "phone" in name or "teléfono" in name or "telefono" in name:
@@ -276,16 +316,12 @@ def extract_lead_fields(graph_lead: dict[str, Any]) -> LeadFields:
 
 def graph_lead_redacted(graph_lead: dict[str, Any], fields: LeadFields) -> dict[str, Any]:
     """The Graph object as stored on lead_sources.form_data: sensitive answers removed (v1 kept the DNI
-    in clear there, DOMAIN.md §10.13)."""
-    if not fields.sensitive_fields_dropped:
+    in clear there, DOMAIN.md §10.13). Decided by the field's name, not by what extraction kept: a DNI
+    whose first value is empty may still carry one in a later value."""
+    field_data = graph_lead.get("field_data")
+    if not isinstance(field_data, list):
         return graph_lead
-    redacted = dict(graph_lead)
-    redacted["field_data"] = [
-        item
-        for item in graph_lead.get("field_data") or []
-        if not (
-            isinstance(item, dict)
-            and str(item.get("name", "")).strip().lower() in fields.sensitive_fields_dropped
-        )
-    ]
-    return redacted
+    kept = [item for item in field_data if not (isinstance(item, dict) and _is_sensitive(_field_name(item)))]
+    if len(kept) == len(field_data):
+        return graph_lead
+    return {**graph_lead, "field_data": kept}

@@ -1,0 +1,154 @@
+"""The Meta inbox admin: parked changes are visible, filterable and reprocessable; payloads readable."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+
+from converzia.tests.test_admin import messages_of, post_action
+from leads.ingestion import inbox_event_store
+from leads.meta import LeadgenChange
+from leads.models import InboxChange, InboxChangeStatus, InboxEvent, InboxEventStatus
+from leads.tests.factories import AdOfferMapFactory
+
+pytestmark = pytest.mark.django_db
+
+EVENTS = reverse("admin:leads_inboxevent_changelist")
+CHANGES = reverse("admin:leads_inboxchange_changelist")
+
+
+def listed(response) -> list:
+    return [row.pk for row in response.context["cl"].result_list]
+
+
+def queued_jobs(event_id: int) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'leads.process_inbox_event' "
+            "AND status = 'todo' AND (args->>'event_id')::bigint = %s",
+            [event_id],
+        )
+        return cursor.fetchone()[0]
+
+
+def drop_jobs() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_jobs")
+
+
+def stored(*changes: tuple[str, str]) -> InboxEvent:
+    return inbox_event_store(
+        payload={"object": "page", "entry": [{"id": "1", "changes": []}]},
+        changes=[
+            LeadgenChange(leadgen_id=leadgen, ad_id=ad, value={"leadgen_id": leadgen})
+            for leadgen, ad in changes
+        ],
+    )
+
+
+def park(change: InboxChange, status: str, error: str) -> None:
+    InboxChange.objects.filter(pk=change.pk).update(status=status, last_error=error)
+    InboxEvent.objects.filter(pk=change.event_id).update(status=InboxEventStatus.PARKED, last_error=error)
+
+
+@pytest.fixture
+def parked():
+    """One unrouted change, one failed on Graph, one processed; their jobs already gone."""
+    event = stored(("111", "9001"), ("222", "9002"), ("333", "9003"))
+    unrouted, failed, done = event.changes.order_by("position")
+    park(unrouted, InboxChangeStatus.UNROUTED, "No active ad mapping for ad 9001.")
+    park(failed, InboxChangeStatus.FAILED, "Graph API answered 400 (code 100): Unsupported get request.")
+    InboxChange.objects.filter(pk=done.pk).update(status=InboxChangeStatus.PROCESSED)
+    drop_jobs()
+    return event, unrouted, failed, done
+
+
+def test_changes_filter_by_status_and_error_kind(admin_client, parked):
+    event, unrouted, failed, done = parked
+
+    assert listed(admin_client.get(CHANGES, {"status__exact": "UNROUTED"})) == [unrouted.pk]
+    assert listed(admin_client.get(CHANGES, {"error": "graph"})) == [failed.pk]
+    assert listed(admin_client.get(CHANGES, {"error": "mapping"})) == [unrouted.pk]
+    assert sorted(listed(admin_client.get(CHANGES, {"error": "any"}))) == sorted([unrouted.pk, failed.pk])
+    assert listed(admin_client.get(CHANGES, {"error": "none"})) == [done.pk]
+    assert listed(admin_client.get(EVENTS, {"status__exact": "PARKED"})) == [event.pk]
+
+
+def test_search_by_leadgen_id_finds_the_change_and_its_event(admin_client, parked):
+    event, unrouted, *_ = parked
+
+    assert listed(admin_client.get(CHANGES, {"q": "111"})) == [unrouted.pk]
+    assert listed(admin_client.get(EVENTS, {"q": "222"})) == [event.pk]
+    response = admin_client.get(CHANGES, {"q": "not-a-number"}, follow=True)
+    assert listed(response) == []
+    assert any("cannot" in m or "is not something" in m for m in messages_of(response))
+
+
+def test_event_page_shows_the_raw_payload_and_its_changes(admin_client, parked):
+    event, *_ = parked
+
+    response = admin_client.get(reverse("admin:leads_inboxevent_change", args=[event.pk]))
+
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "&quot;object&quot;: &quot;page&quot;" in body
+    assert "No active ad mapping for ad 9001." in body
+
+
+def test_reprocess_changes_requeues_only_parked_ones(admin_client, parked):
+    event, unrouted, failed, done = parked
+
+    response = post_action(admin_client, CHANGES, "reprocess", [unrouted.pk, failed.pk, done.pk])
+
+    assert "2 change(s) queued for processing. 1 skipped" in " ".join(messages_of(response))
+    statuses = dict(InboxChange.objects.filter(event=event).values_list("pk", "status"))
+    assert statuses == {
+        unrouted.pk: InboxChangeStatus.PENDING,
+        failed.pk: InboxChangeStatus.PENDING,
+        done.pk: InboxChangeStatus.PROCESSED,
+    }
+    assert InboxEvent.objects.get(pk=event.pk).status == InboxEventStatus.PENDING
+    assert queued_jobs(event.pk) == 1
+
+
+def test_reprocess_events_requeues_parked_changes_and_redefers_a_lost_job(admin_client, parked):
+    event, unrouted, failed, _ = parked
+    stuck = stored(("444", "9004"))
+    drop_jobs()  # the stuck event is PENDING but its job is gone
+
+    response = post_action(admin_client, EVENTS, "reprocess", [event.pk, stuck.pk])
+
+    assert "2 event(s) queued" in " ".join(messages_of(response))
+    assert set(
+        InboxChange.objects.filter(pk__in=[unrouted.pk, failed.pk]).values_list("status", flat=True)
+    ) == {InboxChangeStatus.PENDING}
+    assert queued_jobs(event.pk) == 1
+    assert queued_jobs(stuck.pk) == 1
+
+
+def test_reprocessing_twice_queues_one_job(admin_client, parked):
+    event, unrouted, *_ = parked
+
+    post_action(admin_client, EVENTS, "reprocess", [event.pk])
+    post_action(admin_client, EVENTS, "reprocess", [event.pk])
+
+    assert queued_jobs(event.pk) == 1
+
+
+def test_mapping_an_ad_in_the_admin_requeues_its_unrouted_changes(admin_client, parked):
+    event, unrouted, *_ = parked
+    mapping = AdOfferMapFactory(ad_id="9001", is_active=False)
+
+    post_action(admin_client, reverse("admin:leads_adoffermap_changelist"), "activate_mappings", [mapping.pk])
+
+    assert InboxChange.objects.get(pk=unrouted.pk).status == InboxChangeStatus.PENDING
+    assert queued_jobs(event.pk) == 1
+
+
+def test_inbox_rows_cannot_be_edited_or_deleted(admin_client, parked):
+    event, unrouted, *_ = parked
+
+    assert admin_client.get(reverse("admin:leads_inboxevent_add")).status_code == 403
+    assert admin_client.post(reverse("admin:leads_inboxchange_delete", args=[unrouted.pk])).status_code == 403
+    assert InboxChange.objects.filter(pk=unrouted.pk).exists()
