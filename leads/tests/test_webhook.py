@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -292,8 +293,8 @@ def test_numeric_ids_are_stored_as_the_same_text_as_string_ids(client: Client) -
     from_strings, from_numbers = InboxChange.objects.order_by("id")
     assert from_numbers.leadgen_id == "444444444445"
     assert InboxEvent.objects.get(pk=from_numbers.event_id).leadgen_ids == ["444444444445"]
-    for field in ("page_id", "form_id", "ad_id", "adgroup_id", "submitted_at"):
-        assert getattr(from_numbers, field) == getattr(from_strings, field), field
+    for name in ("page_id", "form_id", "ad_id", "adgroup_id", "submitted_at"):
+        assert getattr(from_numbers, name) == getattr(from_strings, name), name
     assert isinstance(from_numbers.page_id, str) and from_numbers.page_id == "153125381133"
 
 
@@ -569,12 +570,19 @@ def test_other_methods_are_405(client: Client, method: str) -> None:
 UNAVAILABLE_BUDGET_S = 5.0
 
 
+@dataclass
+class BlackHole:
+    port: int
+    held: list[socket.socket] = field(default_factory=list)
+
+
 @pytest.fixture
-def black_hole_port() -> Iterator[int]:
+def black_hole() -> Iterator[BlackHole]:
     """A local TCP server that accepts connections and never answers a byte."""
     server = socket.create_server(("127.0.0.1", 0), backlog=16)
     server.settimeout(0.1)
-    held: list[socket.socket] = []
+    hole = BlackHole(port=server.getsockname()[1])
+    held = hole.held
     stop = threading.Event()
 
     def accept_forever() -> None:
@@ -590,7 +598,7 @@ def black_hole_port() -> Iterator[int]:
     acceptor = threading.Thread(target=accept_forever, name="black-hole", daemon=True)
     acceptor.start()
     try:
-        yield server.getsockname()[1]
+        yield hole
     finally:
         stop.set()
         acceptor.join(timeout=2)
@@ -642,12 +650,14 @@ def _assert_unavailable_in_budget(client: Client, host: str, port: int) -> float
 
 @pytest.mark.django_db(transaction=True)
 def test_database_black_hole_answers_503_within_budget(
-    client: Client, black_hole_port: int, settings
+    client: Client, black_hole: BlackHole, settings
 ) -> None:
     # The real psycopg connect path with the configured connect timeout (DB_CONNECT_TIMEOUT_S).
     assert connection.settings_dict["OPTIONS"]["connect_timeout"] == settings.DB_CONNECT_TIMEOUT_S
 
-    _assert_unavailable_in_budget(client, "127.0.0.1", black_hole_port)
+    _assert_unavailable_in_budget(client, "127.0.0.1", black_hole.port)
+
+    assert black_hole.held, "the request never reached the black hole"
 
     assert InboxEvent.objects.count() == 0
 
