@@ -137,7 +137,8 @@ class Delivery(TimestampedModel):
     refunded_at = models.DateTimeField(null=True, blank=True)
     dead_letter_at = models.DateTimeField(null=True, blank=True)
     dead_letter_reason = models.TextField(blank=True)
-    trace_id = models.CharField(max_length=64, blank=True)
+    # The request id of the request that caused it (X-Request-ID allows 128 characters).
+    trace_id = models.CharField(max_length=128, blank=True)
 
     objects = DeliveryQuerySet.as_manager()
 

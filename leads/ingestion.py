@@ -23,12 +23,12 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from converzia.cache import invalidate_tenant
 from converzia.db.timeouts import guarded
-from converzia.models import Tenant
+from converzia.jobs import DATABASE_TRANSIENT_ERRORS
 from converzia.request_context import request_id_var
 from leads import meta
 from leads.errors import InvalidPhone
@@ -165,12 +165,18 @@ def inbox_event_process(event_id: int, *, final_attempt: bool = False) -> InboxE
         ]
         fetched = _graph_fetch_all(to_fetch)
         for change in changes:
-            status = _change_ingest(
-                change,
-                route=routes.get(change.ad_id),
-                fetched=fetched.get(change.pk),
-                final_attempt=final_attempt,
-            )
+            try:
+                status = _change_ingest(
+                    change,
+                    route=routes.get(change.ad_id),
+                    fetched=fetched.get(change.pk),
+                    final_attempt=final_attempt,
+                )
+            except DATABASE_TRANSIENT_ERRORS:
+                # The connection itself is gone: nothing more can be recorded; the queue retries the job.
+                raise
+            except Exception as exc:  # noqa: BLE001 — one broken change must not block the ones after it
+                status = _change_settle_unexpected(change, exc, final_attempt=final_attempt)
             outcome.count(status)
             if status == InboxChangeStatus.PENDING:
                 outcome.retry_later = True
@@ -186,8 +192,10 @@ def _active_routes(ad_ids: Iterable[str]) -> dict[str, AdOfferMap]:
     ad_ids = list(ad_ids)
     if not ad_ids:
         return {}
-    mappings = AdOfferMap.objects.filter(ad_id__in=ad_ids, is_active=True).only(
-        "ad_id", "tenant_id", "offer_id"
+    mappings = (
+        AdOfferMap.objects.filter(ad_id__in=ad_ids, is_active=True)
+        .select_related("tenant")
+        .only("ad_id", "tenant_id", "offer_id", "tenant__duplicate_window_days")
     )
     return {mapping.ad_id: mapping for mapping in mappings}
 
@@ -277,8 +285,11 @@ def _change_ingest_locked(
         )
 
     if fetched is None:
-        # Routed after the batch was fetched (a mapping appeared mid-job): fetch it now.
-        fetched = _graph_fetch_one(locked)
+        # Looked like a replay when the batch was fetched, but its source is gone (deleted meanwhile):
+        # fetch it on the retry rather than hold this transaction open over an HTTP call.
+        return _change_settle(
+            locked, InboxChangeStatus.PENDING, error="The Graph lead is fetched on the retry."
+        )
     if fetched.error is not None:
         if fetched.error.transient and not final_attempt:
             return _change_settle(locked, InboxChangeStatus.PENDING, error=str(fetched.error))
@@ -321,6 +332,27 @@ def _change_ingest_locked(
     return _change_settle(
         locked, InboxChangeStatus.PROCESSED, tenant_id=route.tenant_id, lead_offer_id=lead_offer.pk
     )
+
+
+def _change_settle_unexpected(change: InboxChange, exc: Exception, *, final_attempt: bool) -> str:
+    """A change whose transaction failed (a statement timeout, a data error, a bug). Its transaction was
+    rolled back; record the error outside it and retry later like a transient Graph error, then park it
+    as FAILED on the job's final attempt, so the event neither blocks its other changes nor loops."""
+    status = InboxChangeStatus.FAILED if final_attempt else InboxChangeStatus.PENDING
+    error = f"Unexpected error ({type(exc).__name__}): {exc}"[:1000]
+    logger.exception(
+        "leadgen %s %s after an unexpected error",
+        change.leadgen_id,
+        status.lower(),
+        extra={"leadgen_id": change.leadgen_id, "inbox_change_id": change.pk, "outcome": status},
+    )
+    InboxChange.objects.filter(pk=change.pk, status=InboxChangeStatus.PENDING).update(
+        status=status,
+        attempts=F("attempts") + 1,
+        last_error=error,
+        processed_at=timezone.now() if status == InboxChangeStatus.FAILED else None,
+    )
+    return status
 
 
 def _lead_offer_of_source(source_id: uuid.UUID) -> uuid.UUID | None:
@@ -397,7 +429,11 @@ def _lead_upsert(phone: str, fields: meta.LeadFields) -> uuid.UUID:
 def _country_code(phone: str) -> str:
     import phonenumbers
 
-    return phonenumbers.region_code_for_number(phonenumbers.parse(phone)) or settings.PHONE_DEFAULT_REGION
+    # Non-geographic numbers (+800, +883 …) have the region "001", which is no country (and does not
+    # fit leads.country_code): they get the default region.
+    region = phonenumbers.region_code_for_number(phonenumbers.parse(phone)) or ""
+    is_country = len(region) == 2 and region.isalpha() and region != "ZZ"
+    return region if is_country else settings.PHONE_DEFAULT_REGION
 
 
 _LEAD_SOURCE_INSERT_SQL = """
@@ -475,24 +511,32 @@ def _lead_offer_attach(
         "leadgen_id": change.leadgen_id,
         "inbox_change_id": change.pk,
     }
-    existing = (
-        LeadOffer.objects.for_tenant(route.tenant_id).filter(lead_id=lead_id, offer_id=route.offer_id).first()
+    # The tenant's rows for this person: a handful at most (unique per offer), served by the
+    # (lead, offer, tenant) unique index.
+    rows = list(
+        LeadOffer.objects.for_tenant(route.tenant_id)
+        .filter(lead_id=lead_id)
+        .order_by("created_at")
+        .values("pk", "offer_id", "status", "created_at")
     )
-    if existing is not None:
+    same = next((row for row in rows if row["offer_id"] == route.offer_id), None)
+    if same is not None:
+        existing = LeadOffer(pk=same["pk"], lead_id=lead_id, tenant_id=route.tenant_id, status=same["status"])
         lead_event_record(
             lead_offer=existing,
             event_type=LeadEventType.FIELD_UPDATED,
             details={**details, "repeat": True},
         )
-        if existing.status == LeadOfferStatus.COOLING:
+        if same["status"] == LeadOfferStatus.COOLING:
             existing = lead_offer_transition(
                 lead_offer=existing,
                 to_status=LeadOfferStatus.REACTIVATION,
                 reason="The lead submitted the form again.",
+                extra_fields={"reactivation_count": F("reactivation_count") + 1},
             )
         return existing
 
-    duplicate_of = _duplicate_within_window(route.tenant_id, lead_id)
+    duplicate_of = _duplicate_within_window(rows, route.tenant.duplicate_window_days)
     now = timezone.now()
     lead_offer = LeadOffer.objects.create(
         lead_id=lead_id,
@@ -517,20 +561,23 @@ def _lead_offer_attach(
     return lead_offer
 
 
-def _duplicate_within_window(tenant_id: uuid.UUID, lead_id: uuid.UUID) -> uuid.UUID | None:
-    """The tenant's earlier live lead_offer for the same person inside its window (is_duplicate_lead)."""
-    window_days = Tenant.objects.filter(pk=tenant_id).values_list("duplicate_window_days", flat=True).first()
+def _duplicate_within_window(rows: list[dict[str, Any]], window_days: int) -> uuid.UUID | None:
+    """The tenant's earlier live lead_offer for the same person inside its window (is_duplicate_lead).
+
+    Only rows with an offer count as the original: an unmapped PENDING_MAPPING row may itself end up
+    as that same offer, and must not leave the person's only real row uncharged.
+    """
     if not window_days:
         return None
     since = timezone.now() - timedelta(days=window_days)
-    return (
-        LeadOffer.objects.for_tenant(tenant_id)
-        .filter(lead_id=lead_id, created_at__gte=since)
-        .exclude(status__in=_DUPLICATE_IGNORES)
-        .order_by("created_at")
-        .values_list("pk", flat=True)
-        .first()
-    )
+    for row in rows:
+        if (
+            row["offer_id"] is not None
+            and row["created_at"] >= since
+            and row["status"] not in _DUPLICATE_IGNORES
+        ):
+            return row["pk"]
+    return None
 
 
 def _inbox_event_settle(event_id: int) -> None:
@@ -562,16 +609,16 @@ def _inbox_event_settle(event_id: int) -> None:
 # --- Re-routing, reprocessing and the sweep ------------------------------------------------------------
 
 
-def inbox_changes_requeue(changes: Iterable[InboxChange] | Any) -> int:
+def inbox_changes_requeue(changes: QuerySet[InboxChange] | Iterable[InboxChange | int]) -> int:
     """Put parked changes back to PENDING and defer their events' jobs (admin "reprocess", mapping).
 
-    Runs in the caller's transaction, so the jobs exist only if the requeue commits.
+    Takes changes, change ids, or a queryset of either. Runs in the caller's transaction, so the jobs
+    exist only if the requeue commits. Returns how many changes were requeued.
     """
+    selected = changes if isinstance(changes, QuerySet) else [getattr(c, "pk", c) for c in changes]
     with transaction.atomic():
         ids = list(
-            InboxChange.objects.filter(
-                pk__in=[c.pk for c in changes] if isinstance(changes, list) else changes
-            )
+            InboxChange.objects.filter(pk__in=selected)
             .filter(status__in=InboxChangeStatus.parked())
             .values_list("pk", flat=True)
         )
@@ -588,7 +635,9 @@ def inbox_changes_requeue(changes: Iterable[InboxChange] | Any) -> int:
 def inbox_requeue_unrouted_for_ad(ad_id: str) -> int:
     """An ad just got an active mapping: its parked, unrouted changes go through ingestion again."""
     return inbox_changes_requeue(
-        InboxChange.objects.filter(ad_id=ad_id, status=InboxChangeStatus.UNROUTED).values("pk")
+        InboxChange.objects.filter(ad_id=ad_id, status=InboxChangeStatus.UNROUTED).values_list(
+            "pk", flat=True
+        )
     )
 
 
@@ -597,9 +646,9 @@ def inbox_events_requeue(event_ids: Iterable[int]) -> int:
     event_ids = list(event_ids)
     with transaction.atomic():
         requeued = inbox_changes_requeue(
-            InboxChange.objects.filter(event_id__in=event_ids, status__in=InboxChangeStatus.parked()).values(
-                "pk"
-            )
+            InboxChange.objects.filter(
+                event_id__in=event_ids, status__in=InboxChangeStatus.parked()
+            ).values_list("pk", flat=True)
         )
         for event_id in InboxEvent.objects.filter(
             pk__in=event_ids, status=InboxEventStatus.PENDING

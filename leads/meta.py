@@ -100,15 +100,36 @@ def _unix_time(value: object) -> datetime | None:
         return None
 
 
+def _contains_nul(payload: object) -> bool:
+    """Whether any key or string holds U+0000, which PostgreSQL text and jsonb cannot store.
+
+    Iterative, so a deeply nested body cannot exhaust the Python stack."""
+    pending = [payload]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            if any("\x00" in key for key in value):
+                return True
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
 def leadgen_changes(payload: object, *, max_changes: int | None = None) -> list[LeadgenChange]:
     """The leadgen changes of a `page` payload, in order (entry by entry, change by change).
 
     Changes of other fields are skipped; a leadgen change without a leadgen_id is a shape error.
-    Raises `PayloadError` for anything that is not Meta's shape or carries too many changes.
+    Raises `PayloadError` for anything that is not Meta's shape, carries too many changes or could not
+    be stored (a NUL character: the insert would fail every time, and the 503 would make Meta retry
+    it forever).
     """
     max_changes = settings.META_WEBHOOK_MAX_CHANGES if max_changes is None else max_changes
     if not isinstance(payload, dict):
-        raise PayloadError("The body must be a JSON object.")
+        raise PayloadError("The body must be a JSON object.", {"body": "Must be a JSON object."})
     entries = payload.get("entry")
     if not isinstance(entries, list):
         raise PayloadError("`entry` must be a list.", {"entry": "Must be a list."})
@@ -146,6 +167,12 @@ def leadgen_changes(payload: object, *, max_changes: int | None = None) -> list[
                     f"At most {max_changes} leadgen changes per request.",
                     {"entry": f"Over {max_changes} changes."},
                 )
+    # Only a body that will be stored must be storable; one without leadgen changes is just ignored.
+    if changes and _contains_nul(payload):
+        raise PayloadError(
+            "The body must not contain NUL (\\u0000) characters.",
+            {"body": "Must not contain NUL characters."},
+        )
     return changes
 
 
@@ -211,7 +238,8 @@ def graph_lead_fetch(
     (httpx error messages carry the URL, so they are replaced by our own)."""
     token = settings.META_PAGE_ACCESS_TOKEN if access_token is None else access_token
     if not token:
-        raise GraphError("META_PAGE_ACCESS_TOKEN is not configured.", transient=False)
+        # Transient: once the token is configured, the queued retries recover on their own.
+        raise GraphError("META_PAGE_ACCESS_TOKEN is not configured.", transient=True)
     try:
         response = client.get(leadgen_id, params={"access_token": token})
     except httpx.TimeoutException:

@@ -409,7 +409,8 @@ class LeadEvent(models.Model):
     details = models.JSONField(default=dict, blank=True)
     actor_type = models.CharField(max_length=16, choices=ActorType.choices, default=ActorType.SYSTEM)
     actor_id = models.UUIDField(null=True, blank=True)
-    trace_id = models.CharField(max_length=64, blank=True)
+    # The request id of the request that caused it (X-Request-ID allows 128 characters).
+    trace_id = models.CharField(max_length=128, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     objects = TenantScopedQuerySet.as_manager()

