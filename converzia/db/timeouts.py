@@ -83,8 +83,9 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
             try:
                 with self._attempt(attempt):
                     return fn(*args, **kwargs)
-            except QueryTimeout:
-                if attempt == attempts:
+            except QueryTimeout as exc:
+                # Only our own timeouts are retried here: a nested guard has already retried its own.
+                if attempt == attempts or getattr(exc, "raised_by", None) is not self:
                     raise
                 time.sleep(self.backoff_s * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -119,7 +120,13 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
         except OperationalError as exc:
             outcome = "timeout" if is_timeout(exc) else "error"
             if outcome == "timeout":
-                raise QueryTimeout(details={"query": self.name}) from exc
+                timeout = QueryTimeout(details={"query": self.name})
+                timeout.raised_by = self  # type: ignore[attr-defined]
+                raise timeout from exc
+            raise
+        except QueryTimeout:
+            # A nested guard's timeout passing through: a timeout for this attempt too.
+            outcome = "timeout"
             raise
         except BaseException:
             outcome = "error"

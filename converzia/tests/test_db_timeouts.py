@@ -451,3 +451,22 @@ def test_api_request_past_its_timeout_is_503_and_the_next_request_sees_the_defau
 
     after = client.get("/limits").json()
     assert after == baseline  # same connection (pid), default statement_timeout and lock_timeout
+
+
+@pytest.mark.django_db
+def test_a_nested_guard_timeout_is_not_retried_again_by_the_outer_guard(caplog):
+    inner_calls = []
+
+    @guarded("inner", timeout_ms=50, backoff_s=0)
+    def inner() -> None:
+        inner_calls.append(1)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(1)")
+
+    outer = guarded("outer", timeout_ms=5_000, backoff_s=0)
+    with caplog.at_level(logging.INFO, logger="converzia.db"), pytest.raises(QueryTimeout):
+        outer.run(inner)
+
+    assert len(inner_calls) == 2
+    outcomes = [(r.query_name, r.attempt, r.outcome) for r in caplog.records if r.name == "converzia.db"]
+    assert outcomes == [("inner", 1, "timeout"), ("inner", 2, "timeout"), ("outer", 1, "timeout")]
