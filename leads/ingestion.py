@@ -19,16 +19,19 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from converzia.cache import invalidate_tenant
 from converzia.db.timeouts import guarded
 from converzia.jobs import DATABASE_TRANSIENT_ERRORS
+from converzia.metrics import INBOX_CHANGES
 from converzia.request_context import request_id_var
 from leads import meta
 from leads.errors import InvalidPhone
@@ -145,11 +148,11 @@ def inbox_event_process(event_id: int, *, final_attempt: bool = False) -> InboxE
     queue retries the job with backoff. Done changes are never touched again.
     """
     outcome = InboxEventOutcome(event_id=event_id)
-    event = InboxEvent.objects.filter(pk=event_id).only("pk", "request_id").first()
+    event = InboxEvent.objects.filter(pk=event_id).values("request_id", "change_count").first()
     if event is None:
         return outcome
     InboxEvent.objects.filter(pk=event_id).update(attempts=F("attempts") + 1)
-    token = request_id_var.set(event.request_id or f"inbox-{event_id}")
+    token = request_id_var.set(event["request_id"] or f"inbox-{event_id}")
     try:
         changes = list(
             InboxChange.objects.filter(event_id=event_id, status=InboxChangeStatus.PENDING).order_by(
@@ -165,11 +168,13 @@ def inbox_event_process(event_id: int, *, final_attempt: bool = False) -> InboxE
         ]
         fetched = _graph_fetch_all(to_fetch)
         for change in changes:
+            route = routes.get(change.ad_id)
             try:
                 status = _change_ingest(
                     change,
-                    route=routes.get(change.ad_id),
+                    route=route,
                     fetched=fetched.get(change.pk),
+                    replay=route is not None and (route.tenant_id, change.leadgen_id) in seen,
                     final_attempt=final_attempt,
                 )
             except DATABASE_TRANSIENT_ERRORS:
@@ -182,7 +187,8 @@ def inbox_event_process(event_id: int, *, final_attempt: bool = False) -> InboxE
                 outcome.retry_later = True
     finally:
         request_id_var.reset(token)
-    _inbox_event_settle(event_id)
+    # On a first pass every change was pending, so this run's outcome is the whole event's.
+    _inbox_event_settle(event_id, outcome if len(changes) == event["change_count"] else None)
     if outcome.retry_later:
         raise InboxRetryLater(f"inbox event {event_id}: {outcome.counts}")
     return outcome
@@ -247,59 +253,51 @@ def _graph_fetch_all(changes: list[InboxChange]) -> dict[int, _Fetched]:
 
 
 def _change_ingest(
-    change: InboxChange, *, route: AdOfferMap | None, fetched: _Fetched | None, final_attempt: bool
+    change: InboxChange,
+    *,
+    route: AdOfferMap | None,
+    fetched: _Fetched | None,
+    replay: bool,
+    final_attempt: bool,
 ) -> str:
     """One change, one transaction (under the statement timeout). Returns the change's new status."""
     return guarded("ingest.change", retries=1).run(
-        _change_ingest_locked, change, route, fetched, final_attempt
+        _change_ingest_locked, change, route, fetched, replay, final_attempt
     )
 
 
 def _change_ingest_locked(
-    change: InboxChange, route: AdOfferMap | None, fetched: _Fetched | None, final_attempt: bool
+    change: InboxChange, route: AdOfferMap | None, fetched: _Fetched | None, replay: bool, final_attempt: bool
 ) -> str:
-    locked = InboxChange.objects.select_for_update().filter(pk=change.pk).first()
-    if locked is None or locked.status != InboxChangeStatus.PENDING:
+    status = (
+        InboxChange.objects.select_for_update().filter(pk=change.pk).values_list("status", flat=True).first()
+    )
+    if status != InboxChangeStatus.PENDING:
         # Another job got here first (a sweep re-deferral racing a slow job): nothing to do.
-        return locked.status if locked else InboxChangeStatus.PROCESSED
+        return status or InboxChangeStatus.PROCESSED
     if route is None:
         reason = (
             "The change has no ad_id (organic or test lead)."
             if not change.ad_id
             else f"No active ad mapping for ad {change.ad_id}."
         )
-        return _change_settle(locked, InboxChangeStatus.UNROUTED, error=reason)
+        return _change_settle(change, InboxChangeStatus.UNROUTED, error=reason)
+    if replay:
+        return _change_settle_replay(change, route)
 
-    existing = (
-        LeadSource.objects.for_tenant(route.tenant_id)
-        .filter(leadgen_id=locked.leadgen_id)
-        .values_list("pk", flat=True)
-        .first()
-    )
-    if existing is not None:
-        return _change_settle(
-            locked,
-            InboxChangeStatus.REPLAY,
-            tenant_id=route.tenant_id,
-            lead_offer_id=_lead_offer_of_source(existing),
-        )
-
-    if fetched is None:
-        # Looked like a replay when the batch was fetched, but its source is gone (deleted meanwhile):
-        # fetch it on the retry rather than hold this transaction open over an HTTP call.
-        return _change_settle(
-            locked, InboxChangeStatus.PENDING, error="The Graph lead is fetched on the retry."
-        )
-    if fetched.error is not None:
-        if fetched.error.transient and not final_attempt:
-            return _change_settle(locked, InboxChangeStatus.PENDING, error=str(fetched.error))
-        return _change_settle(
-            locked, InboxChangeStatus.FAILED, tenant_id=route.tenant_id, error=str(fetched.error)
-        )
+    if fetched is None or fetched.error is not None:
+        error = fetched.error if fetched is not None else None
+        if error is None or (error.transient and not final_attempt):
+            return _change_settle(
+                change,
+                InboxChangeStatus.PENDING,
+                error=str(error or "The Graph lead is fetched on the retry."),
+            )
+        return _change_settle(change, InboxChangeStatus.FAILED, tenant_id=route.tenant_id, error=str(error))
     graph_lead = fetched.lead or {}
     if not isinstance(graph_lead.get("field_data"), list):
         return _change_settle(
-            locked,
+            change,
             InboxChangeStatus.FAILED,
             tenant_id=route.tenant_id,
             error="The Graph lead has no field_data.",
@@ -310,28 +308,37 @@ def _change_ingest_locked(
         phone = normalize_phone(fields.phone)
     except InvalidPhone as exc:
         return _change_settle(
-            locked,
+            change,
             InboxChangeStatus.FAILED,
             tenant_id=route.tenant_id,
             error=f"No usable phone: {exc.message}",
         )
 
-    lead_id = _lead_upsert(phone, fields)
-    source_id = _lead_source_insert(locked, route, lead_id, graph_lead, fields)
+    lead_id, source_id = _lead_and_source_upsert(change, route, phone, fields, graph_lead)
     if source_id is None:
-        # Another transaction stored this leadgen_id since our check: a replay after all.
-        existing = LeadSource.objects.for_tenant(route.tenant_id).filter(leadgen_id=locked.leadgen_id).first()
-        return _change_settle(
-            locked,
-            InboxChangeStatus.REPLAY,
-            tenant_id=route.tenant_id,
-            lead_offer_id=_lead_offer_of_source(existing.pk) if existing else None,
-        )
-    lead_offer = _lead_offer_attach(locked, route, lead_id, source_id, fields)
+        # Another job stored this leadgen_id for the tenant since the batch was checked.
+        return _change_settle_replay(change, route)
+    lead_offer = _lead_offer_attach(change, route, lead_id, source_id, fields)
     invalidate_tenant(route.tenant_id)
     return _change_settle(
-        locked, InboxChangeStatus.PROCESSED, tenant_id=route.tenant_id, lead_offer_id=lead_offer.pk
+        change, InboxChangeStatus.PROCESSED, tenant_id=route.tenant_id, lead_offer_id=lead_offer.pk
     )
+
+
+def _change_settle_replay(change: InboxChange, route: AdOfferMap) -> str:
+    """The tenant already has this leadgen_id: link the change to its lead_offer and create nothing."""
+    found = (
+        LeadSource.objects.for_tenant(route.tenant_id)
+        .filter(leadgen_id=change.leadgen_id)
+        .values_list("pk", "lead_offers__pk")
+        .first()
+    )
+    if found is None:
+        # Its source vanished since the batch was checked (deleted by staff): fetch and ingest on the retry.
+        return _change_settle(
+            change, InboxChangeStatus.PENDING, error="The Graph lead is fetched on the retry."
+        )
+    return _change_settle(change, InboxChangeStatus.REPLAY, tenant_id=route.tenant_id, lead_offer_id=found[1])
 
 
 def _change_settle_unexpected(change: InboxChange, exc: Exception, *, final_attempt: bool) -> str:
@@ -355,10 +362,6 @@ def _change_settle_unexpected(change: InboxChange, exc: Exception, *, final_atte
     return status
 
 
-def _lead_offer_of_source(source_id: uuid.UUID) -> uuid.UUID | None:
-    return LeadOffer.objects.filter(lead_source_id=source_id).values_list("pk", flat=True).first()
-
-
 def _change_settle(
     change: InboxChange,
     status: str,
@@ -367,13 +370,18 @@ def _change_settle(
     tenant_id: uuid.UUID | None = None,
     lead_offer_id: uuid.UUID | None = None,
 ) -> str:
-    change.status = status
-    change.attempts += 1
-    change.last_error = error
-    change.tenant_id = tenant_id or change.tenant_id
-    change.lead_offer_id = lead_offer_id or change.lead_offer_id
-    change.processed_at = None if status == InboxChangeStatus.PENDING else timezone.now()
-    change.save(update_fields=["status", "attempts", "last_error", "tenant", "lead_offer", "processed_at"])
+    updates: dict[str, Any] = {
+        "status": status,
+        "attempts": F("attempts") + 1,
+        "last_error": error,
+        "processed_at": None if status == InboxChangeStatus.PENDING else timezone.now(),
+    }
+    if tenant_id is not None:
+        updates["tenant_id"] = tenant_id
+    if lead_offer_id is not None:
+        updates["lead_offer_id"] = lead_offer_id
+    InboxChange.objects.filter(pk=change.pk).update(**updates)
+    INBOX_CHANGES.labels(status).inc()
     if status in InboxChangeStatus.parked() or status == InboxChangeStatus.PENDING:
         logger.warning(
             "leadgen %s %s: %s",
@@ -385,78 +393,49 @@ def _change_settle(
     return status
 
 
-# The lead upsert: a known value is never replaced by an empty one (v1 overwrote PII with nulls).
-_LEAD_UPSERT_SQL = """
-INSERT INTO leads (id, phone, email, first_name, last_name, full_name, country_code, language,
-                   opted_out, opt_out_reason, created_at, updated_at)
-VALUES (%(id)s, %(phone)s, %(email)s, %(first_name)s, %(last_name)s, %(full_name)s, %(country_code)s,
-        'es', false, '', %(now)s, %(now)s)
-ON CONFLICT (phone) DO UPDATE SET
-    email = COALESCE(NULLIF(EXCLUDED.email, ''), leads.email),
-    first_name = COALESCE(NULLIF(EXCLUDED.first_name, ''), leads.first_name),
-    last_name = COALESCE(NULLIF(EXCLUDED.last_name, ''), leads.last_name),
-    full_name = COALESCE(NULLIF(EXCLUDED.full_name, ''), leads.full_name),
-    updated_at = EXCLUDED.updated_at
-RETURNING id
+# The person and the attribution in one statement. A known value is never replaced by an empty one (v1
+# overwrote PII with nulls). The upsert takes the person's row lock until commit, so two changes for the
+# same phone serialise here. The source insert is the idempotency record: no row back means the tenant
+# already has this leadgen_id.
+_LEAD_AND_SOURCE_UPSERT_SQL = """
+WITH person AS (
+    INSERT INTO leads (id, phone, email, first_name, last_name, full_name, country_code, language,
+                       opted_out, opt_out_reason, created_at, updated_at)
+    VALUES (%(lead_id)s, %(phone)s, %(email)s, %(first_name)s, %(last_name)s, %(full_name)s,
+            %(country_code)s, 'es', false, '', %(now)s, %(now)s)
+    ON CONFLICT (phone) DO UPDATE SET
+        email = COALESCE(NULLIF(EXCLUDED.email, ''), leads.email),
+        first_name = COALESCE(NULLIF(EXCLUDED.first_name, ''), leads.first_name),
+        last_name = COALESCE(NULLIF(EXCLUDED.last_name, ''), leads.last_name),
+        full_name = COALESCE(NULLIF(EXCLUDED.full_name, ''), leads.full_name),
+        updated_at = EXCLUDED.updated_at
+    RETURNING id
+), source AS (
+    INSERT INTO lead_sources (id, lead_id, tenant_id, leadgen_id, platform, ad_id, adset_id, campaign_id,
+                              form_id, form_data, utm_source, utm_medium, utm_campaign, utm_content,
+                              utm_term, created_at)
+    SELECT %(source_id)s, person.id, %(tenant_id)s, %(leadgen_id)s, 'META', %(ad_id)s, %(adset_id)s,
+           %(campaign_id)s, %(form_id)s, %(form_data)s, '', '', '', '', '', %(now)s
+    FROM person
+    ON CONFLICT (tenant_id, leadgen_id) WHERE leadgen_id IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT person.id, (SELECT id FROM source) FROM person
 """
 
 
-def _lead_upsert(phone: str, fields: meta.LeadFields) -> uuid.UUID:
-    """Insert or update the person by phone. Also takes the lead's row lock until commit, so two
-    changes for the same person serialise here and cannot both create a lead_offer."""
+def _lead_and_source_upsert(
+    change: InboxChange,
+    route: AdOfferMap,
+    phone: str,
+    fields: meta.LeadFields,
+    graph_lead: dict[str, Any],
+) -> tuple[uuid.UUID, uuid.UUID | None]:
     email = fields.email
     try:
         validate_email(email) if email else None
     except ValidationError:
         email = ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _LEAD_UPSERT_SQL,
-            {
-                "id": uuid.uuid4(),
-                "phone": phone,
-                "email": email,
-                "first_name": fields.first_name,
-                "last_name": fields.last_name,
-                "full_name": fields.full_name,
-                "country_code": _country_code(phone),
-                "now": timezone.now(),
-            },
-        )
-        return cursor.fetchone()[0]
-
-
-def _country_code(phone: str) -> str:
-    import phonenumbers
-
-    # Non-geographic numbers (+800, +883 …) have the region "001", which is no country (and does not
-    # fit leads.country_code): they get the default region.
-    region = phonenumbers.region_code_for_number(phonenumbers.parse(phone)) or ""
-    is_country = len(region) == 2 and region.isalpha() and region != "ZZ"
-    return region if is_country else settings.PHONE_DEFAULT_REGION
-
-
-_LEAD_SOURCE_INSERT_SQL = """
-INSERT INTO lead_sources (id, lead_id, tenant_id, leadgen_id, platform, ad_id, adset_id, campaign_id,
-                          form_id, form_data, utm_source, utm_medium, utm_campaign, utm_content,
-                          utm_term, created_at)
-VALUES (%(id)s, %(lead_id)s, %(tenant_id)s, %(leadgen_id)s, 'META', %(ad_id)s, %(adset_id)s,
-        %(campaign_id)s, %(form_id)s, %(form_data)s, '', '', '', '', '', %(now)s)
-ON CONFLICT (tenant_id, leadgen_id) WHERE leadgen_id IS NOT NULL DO NOTHING
-RETURNING id
-"""
-
-
-def _lead_source_insert(
-    change: InboxChange,
-    route: AdOfferMap,
-    lead_id: uuid.UUID,
-    graph_lead: dict[str, Any],
-    fields: meta.LeadFields,
-) -> uuid.UUID | None:
-    """The idempotency record: None when the tenant already has this leadgen_id."""
-    from psycopg.types.json import Jsonb
-
     form_data = {
         "leadgen": change.value,
         "lead": meta.graph_lead_redacted(graph_lead, fields),
@@ -465,10 +444,16 @@ def _lead_source_insert(
     }
     with connection.cursor() as cursor:
         cursor.execute(
-            _LEAD_SOURCE_INSERT_SQL,
+            _LEAD_AND_SOURCE_UPSERT_SQL,
             {
-                "id": uuid.uuid4(),
-                "lead_id": lead_id,
+                "lead_id": uuid.uuid4(),
+                "phone": phone,
+                "email": email,
+                "first_name": fields.first_name,
+                "last_name": fields.last_name,
+                "full_name": fields.full_name,
+                "country_code": _country_code(phone),
+                "source_id": uuid.uuid4(),
                 "tenant_id": route.tenant_id,
                 "leadgen_id": change.leadgen_id,
                 "ad_id": change.ad_id,
@@ -479,8 +464,16 @@ def _lead_source_insert(
                 "now": timezone.now(),
             },
         )
-        row = cursor.fetchone()
-    return row[0] if row else None
+        lead_id, source_id = cursor.fetchone()
+    return lead_id, source_id
+
+
+def _country_code(phone: str) -> str:
+    # Non-geographic numbers (+800, +883 …) have the region "001", which is no country (and does not
+    # fit leads.country_code): they get the default region.
+    region = phonenumbers.region_code_for_number(phonenumbers.parse(phone)) or ""
+    is_country = len(region) == 2 and region.isalpha() and region != "ZZ"
+    return region if is_country else settings.PHONE_DEFAULT_REGION
 
 
 def _qualification_prefill(change: InboxChange, fields: meta.LeadFields) -> dict[str, Any]:
@@ -580,29 +573,36 @@ def _duplicate_within_window(rows: list[dict[str, Any]], window_days: int) -> uu
     return None
 
 
-def _inbox_event_settle(event_id: int) -> None:
-    counts = InboxChange.objects.filter(event_id=event_id).aggregate(
-        pending=Count("pk", filter=Q(status=InboxChangeStatus.PENDING)),
-        parked=Count("pk", filter=Q(status__in=InboxChangeStatus.parked())),
-        failed=Count("pk", filter=Q(status=InboxChangeStatus.FAILED)),
-    )
-    if counts["pending"]:
+def _inbox_event_settle(event_id: int, outcome: InboxEventOutcome | None = None) -> None:
+    """The event's status from its changes: from this run's outcome when it covered every change (the
+    first pass), else from the table."""
+    if outcome is not None:
+        pending = outcome.counts.get(InboxChangeStatus.PENDING, 0)
+        parked = sum(outcome.counts.get(status, 0) for status in InboxChangeStatus.parked())
+    else:
+        counts = InboxChange.objects.filter(event_id=event_id).aggregate(
+            pending=Count("pk", filter=Q(status=InboxChangeStatus.PENDING)),
+            parked=Count("pk", filter=Q(status__in=InboxChangeStatus.parked())),
+        )
+        pending, parked = counts["pending"], counts["parked"]
+    if pending:
         status, processed_at = InboxEventStatus.PENDING, None
-    elif counts["parked"]:
+    elif parked:
         status, processed_at = InboxEventStatus.PARKED, timezone.now()
     else:
         status, processed_at = InboxEventStatus.DONE, timezone.now()
-    last_error = (
-        InboxChange.objects.filter(event_id=event_id)
-        .exclude(last_error="")
-        .order_by("-position")
-        .values_list("last_error", flat=True)
-        .first()
-        if counts["pending"] or counts["parked"]
-        else ""
-    )
+    last_error = ""
+    if pending or parked:
+        last_error = (
+            InboxChange.objects.filter(event_id=event_id)
+            .exclude(last_error="")
+            .order_by("-position")
+            .values_list("last_error", flat=True)
+            .first()
+            or ""
+        )
     InboxEvent.objects.filter(pk=event_id).update(
-        status=status, processed_at=processed_at, last_error=last_error or ""
+        status=status, processed_at=processed_at, last_error=last_error
     )
 
 
