@@ -106,11 +106,11 @@ def inbox_event_defer(event_id: int) -> bool:
     from leads.tasks import process_inbox_event
 
     try:
-        # Same queueing lock: never two queued jobs for one event. Same lock: never two running.
+        # The queueing lock: never two queued jobs for one event. Two running at once (a sweep racing a
+        # slow job) is harmless: each change is row-locked and settled once. A procrastinate `lock` would
+        # also prevent that, at the price of a lock check for every job fetched.
         with transaction.atomic():
-            process_inbox_event.configure(
-                lock=f"inbox-event:{event_id}", queueing_lock=f"inbox-event:{event_id}"
-            ).defer(event_id=event_id)
+            process_inbox_event.configure(queueing_lock=f"inbox-event:{event_id}").defer(event_id=event_id)
     except procrastinate_exceptions.AlreadyEnqueued:
         return False
     return True
@@ -213,10 +213,12 @@ def _already_ingested(
     pairs = {(routes[c.ad_id].tenant_id, c.leadgen_id) for c in changes if c.ad_id in routes}
     if not pairs:
         return set()
-    condition = Q()
-    for tenant_id, leadgen_id in pairs:
-        condition |= Q(tenant_id=tenant_id, leadgen_id=leadgen_id)
-    return set(LeadSource.objects.filter(condition).values_list("tenant_id", "leadgen_id"))
+    # One index probe per leadgen id (idx_lead_sources_leadgen_id); the pairs are matched here.
+    found = LeadSource.objects.filter(
+        leadgen_id__in={leadgen_id for _, leadgen_id in pairs},
+        tenant_id__in={tenant_id for tenant_id, _ in pairs},
+    ).values_list("tenant_id", "leadgen_id")
+    return set(found) & pairs
 
 
 # One Graph client per process: creating one builds an SSL context (milliseconds), and httpx clients
