@@ -246,14 +246,26 @@ def _graph_fetch_one(change: InboxChange) -> _Fetched:
         return _Fetched(error=exc)
 
 
+# Graph fetches of one event run on a shared pool (HTTP only: its threads never touch the database);
+# starting threads for every event would cost more than the fetches.
+_graph_pool_lock = threading.Lock()
+_graph_pool: dict[int, ThreadPoolExecutor] = {}
+
+
+def _graph_executor() -> ThreadPoolExecutor:
+    size = settings.META_GRAPH_CONCURRENCY
+    with _graph_pool_lock:
+        if size not in _graph_pool:
+            _graph_pool[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="graph")
+        return _graph_pool[size]
+
+
 def _graph_fetch_all(changes: list[InboxChange]) -> dict[int, _Fetched]:
-    """Fetch the Graph leads of a batch concurrently (HTTP only: the threads never touch the database)."""
+    """Fetch the Graph leads of a batch concurrently, `META_GRAPH_CONCURRENCY` at a time."""
     if len(changes) <= 1:
         return {change.pk: _graph_fetch_one(change) for change in changes}
-    workers = min(settings.META_GRAPH_CONCURRENCY, len(changes))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="graph") as pool:
-        results = pool.map(_graph_fetch_one, changes)
-        return {change.pk: result for change, result in zip(changes, results, strict=True)}
+    results = _graph_executor().map(_graph_fetch_one, changes)
+    return {change.pk: result for change, result in zip(changes, results, strict=True)}
 
 
 def _change_ingest(
