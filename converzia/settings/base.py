@@ -71,7 +71,10 @@ DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", DB_CONNECT_TIMEOUT_S)
 # Parameters travel separately from the SQL (psycopg dumps them in C, PostgreSQL prepares statements
 # it sees repeatedly) instead of being quoted into the query text in Python.
-DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", env.bool("DB_SERVER_SIDE_BINDING", default=True))
+# Behind a transaction-mode pooler without prepared-statement support, set DB_SERVER_SIDE_BINDING=false.
+DATABASES["default"]["OPTIONS"].setdefault(
+    "server_side_binding", env.bool("DB_SERVER_SIDE_BINDING", default=True)
+)
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 

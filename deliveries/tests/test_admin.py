@@ -101,7 +101,9 @@ def one_of_each(admin_user) -> dict[type[Model], Model]:
     # A stored webhook event: its change is routed to this tenant, and storing it deferred a job.
     inbox_event = inbox_event_store(
         payload={"object": "page", "entry": []},
-        changes=[LeadgenChange(leadgen_id="990000000001", ad_id=mapping.ad_id, value={"ad_id": mapping.ad_id})],
+        changes=[
+            LeadgenChange(leadgen_id="990000000001", ad_id=mapping.ad_id, value={"ad_id": mapping.ad_id})
+        ],
     )
     inbox_change = inbox_event.changes.get()
     InboxChange.objects.filter(pk=inbox_change.pk).update(tenant=tenant)

@@ -65,7 +65,9 @@ class _GraphHandler(BaseHTTPRequestHandler):
         elif stub.delay_s:
             threading.Event().wait(stub.delay_s)
         if not parse_qs(url.query).get("access_token"):
-            body = {"error": {"message": "An access token is required.", "type": "OAuthException", "code": 104}}
+            body = {
+                "error": {"message": "An access token is required.", "type": "OAuthException", "code": 104}
+            }
             self._answer(400, body)
             return
         self._answer(200, graph_lead(leadgen_id))

@@ -51,9 +51,7 @@ def heartbeat_interval(stalled_after_s: float) -> float:
 
 
 def _abandon_running_jobs(reason: str) -> None:
-    logger.error(
-        "worker exiting with jobs still running (%s); stalled-job recovery will retry them", reason
-    )
+    logger.error("worker exiting with jobs still running (%s); stalled-job recovery will retry them", reason)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(EXIT_JOBS_ABANDONED)
@@ -96,6 +94,8 @@ class Command(ConverziaCommand):
             )
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1.")
+        if settings.WORKER_STALLED_AFTER_S <= 0:
+            raise CommandError("WORKER_STALLED_AFTER_S must be a positive number of seconds.")
         logger.info(
             "worker starting: queues=%s concurrency=%d",
             ",".join(queues),
@@ -147,9 +147,7 @@ class Command(ConverziaCommand):
                 if stop_requested:
                     _abandon_running_jobs(f"second {signal.Signals(signum).name}")
                 stop_requested = True
-                logger.info(
-                    "%s: finishing running jobs (grace %.1f s)", signal.Signals(signum).name, grace_s
-                )
+                logger.info("%s: finishing running jobs (grace %.1f s)", signal.Signals(signum).name, grace_s)
                 worker.cancel()
                 loop.call_later(
                     grace_s + HARD_STOP_MARGIN_S,
