@@ -93,24 +93,31 @@ def inbox_event_store(*, payload: dict[str, Any], changes: list[meta.LeadgenChan
                 for position, change in enumerate(changes)
             ]
         )
-        inbox_event_defer(event.pk)
+        inbox_event_defer(event.pk, new_event=True)
         return event
 
     return guarded("webhook.inbox.store", timeout_ms=settings.WEBHOOK_STATEMENT_TIMEOUT_MS).run(store)
 
 
-def inbox_event_defer(event_id: int) -> bool:
-    """Defer the event's job in the caller's transaction. False when one is already queued for it."""
+def inbox_event_defer(event_id: int, *, new_event: bool = False) -> bool:
+    """Defer the event's job in the caller's transaction. False when one is already queued for it.
+
+    The queueing lock: never two queued jobs for one event. Two running at once (a sweep racing a slow
+    job) is harmless: each change is row-locked and settled once. A procrastinate `lock` would also
+    prevent that, at the price of a lock check for every job fetched. A brand-new event cannot have a
+    queued job yet, so the webhook skips the savepoint that guards the conflict (two round trips).
+    """
     from procrastinate import exceptions as procrastinate_exceptions
 
     from leads.tasks import process_inbox_event
 
+    job = process_inbox_event.configure(queueing_lock=f"inbox-event:{event_id}")
+    if new_event:
+        job.defer(event_id=event_id)
+        return True
     try:
-        # The queueing lock: never two queued jobs for one event. Two running at once (a sweep racing a
-        # slow job) is harmless: each change is row-locked and settled once. A procrastinate `lock` would
-        # also prevent that, at the price of a lock check for every job fetched.
         with transaction.atomic():
-            process_inbox_event.configure(queueing_lock=f"inbox-event:{event_id}").defer(event_id=event_id)
+            job.defer(event_id=event_id)
     except procrastinate_exceptions.AlreadyEnqueued:
         return False
     return True

@@ -391,8 +391,8 @@ def test_failure_after_the_job_is_deferred_leaves_nothing_behind(
     deferred: list[bool] = []
     real_defer = ingestion.inbox_event_defer
 
-    def defer_then_fail(event_id: int) -> bool:
-        deferred.append(real_defer(event_id))
+    def defer_then_fail(event_id: int, **kwargs: bool) -> bool:
+        deferred.append(real_defer(event_id, **kwargs))
         raise DatabaseError("injected failure after the job insert")
 
     monkeypatch.setattr(ingestion, "inbox_event_defer", defer_then_fail)
