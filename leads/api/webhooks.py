@@ -36,6 +36,12 @@ def _error(code: str, message: str, status: int, details: dict | None = None, **
     return response
 
 
+def _invalid_input(message: str, details: dict[str, str]) -> JsonResponse:
+    """A signed body that is not Meta's shape: counted, and answered 400 with where it went wrong."""
+    WEBHOOK_REQUESTS.labels("invalid_input").inc()
+    return _error(ErrorCode.INVALID_INPUT, message, 400, details)
+
+
 def _client_hint(request: HttpRequest) -> str:
     """A partial address for security logs: enough to spot a pattern, not a full identifier."""
     address = request.META.get("REMOTE_ADDR", "")
@@ -95,25 +101,12 @@ class MetaLeadsWebhookView(View):
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            WEBHOOK_REQUESTS.labels("invalid_input").inc()
-            return _error(
-                ErrorCode.INVALID_INPUT, "The body is not valid JSON.", 400, {"body": "Not valid JSON."}
-            )
+            return _invalid_input("The body is not valid JSON.", {"body": "Not valid JSON."})
         if not isinstance(payload, dict):
-            WEBHOOK_REQUESTS.labels("invalid_input").inc()
-            return _error(
-                ErrorCode.INVALID_INPUT,
-                "The body must be a JSON object.",
-                400,
-                {"body": "Must be a JSON object."},
-            )
+            return _invalid_input("The body must be a JSON object.", {"body": "Must be a JSON object."})
         if not isinstance(payload.get("object"), str):
-            WEBHOOK_REQUESTS.labels("invalid_input").inc()
-            return _error(
-                ErrorCode.INVALID_INPUT,
-                "The body must have an `object` field.",
-                400,
-                {"object": "This field is required."},
+            return _invalid_input(
+                "The body must have an `object` field.", {"object": "This field is required."}
             )
         if payload["object"] not in meta.SUBSCRIBED_OBJECTS:
             WEBHOOK_REQUESTS.labels("ignored").inc()
@@ -121,8 +114,7 @@ class MetaLeadsWebhookView(View):
         try:
             changes = meta.leadgen_changes(payload)
         except meta.PayloadError as exc:
-            WEBHOOK_REQUESTS.labels("invalid_input").inc()
-            return _error(ErrorCode.INVALID_INPUT, str(exc), 400, exc.details)
+            return _invalid_input(str(exc), exc.details)
         if not changes:
             WEBHOOK_REQUESTS.labels("ignored").inc()
             return JsonResponse({"status": "accepted", "events": 0})
