@@ -247,6 +247,16 @@ SPEC: dict[str, Expected] = {
     "delivery_attempts_delivery_number_uniq": Expected(
         "delivery_attempts", ("delivery_id", "attempt_number"), is_unique=True
     ),
+    # -- the Meta webhook inbox
+    "idx_inbox_events_pending": Expected("webhook_inbox_events", ("received_at",), predicate=("'PENDING'",)),
+    "webhook_inbox_changes_event_position": Expected(
+        "webhook_inbox_changes", ("event_id", '"position"'), is_unique=True
+    ),
+    "idx_inbox_changes_leadgen_id": Expected("webhook_inbox_changes", ("leadgen_id",)),
+    "idx_inbox_changes_tenant_created": Expected("webhook_inbox_changes", ("tenant_id", "created_at DESC")),
+    "idx_inbox_changes_parked": Expected(
+        "webhook_inbox_changes", ("ad_id", "created_at"), predicate=("'UNROUTED'", "'FAILED'")
+    ),
 }
 
 # The models whose declared indexes and constraints SPEC must list, every one of them.
@@ -259,6 +269,8 @@ SPEC_MODELS = (
     "leads.LeadSource",
     "leads.LeadOffer",
     "leads.LeadEvent",
+    "leads.InboxEvent",
+    "leads.InboxChange",
     "billing.TenantPricing",
     "billing.BillingOrder",
     "billing.CreditLedger",
