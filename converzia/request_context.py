@@ -26,3 +26,9 @@ def accept_request_id(candidate: str | None) -> str:
 
 def current_request_id() -> str:
     return request_id_var.get()
+
+
+def current_trace_id() -> str:
+    """The request id to store on rows (lead events, deliveries, inbox events): empty outside a request."""
+    request_id = request_id_var.get()
+    return "" if request_id == "-" else request_id

@@ -562,20 +562,32 @@ def _pretty_json(value: Any) -> str:
     return format_html("<pre style='white-space:pre-wrap;margin:0'>{}</pre>", json.dumps(value, indent=2))
 
 
-class InboxChangeOfEventInline(ViewOnlyInlineMixin, admin.TabularInline):
+class InboxDisplayMixin:
+    """Columns and the action permission shared by the inbox pages."""
+
+    @admin.display(description="last error")
+    def short_error(self, obj: InboxEvent | InboxChange) -> str:
+        return Truncator(obj.last_error).chars(80)
+
+    @admin.display(description="lead offer")
+    def lead_offer_link(self, obj: InboxChange) -> str:
+        return admin_change_link(LeadOffer, obj.lead_offer_id) if obj.lead_offer_id else "—"
+
+    # Reprocessing is an operational action, not an edit: allowed to whoever may view the inbox.
+    def has_reprocess_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)  # type: ignore[attr-defined]
+
+
+class InboxChangeOfEventInline(InboxDisplayMixin, ViewOnlyInlineMixin, admin.TabularInline):
     model = InboxChange
     formset = limited_inline_formset(LEAD_OFFERS_SHOWN)
     fields = ("position", "leadgen_id", "ad_id", "status", "attempts", "last_error", "lead_offer_link")
     readonly_fields = fields
     ordering = ("position",)
 
-    @admin.display(description="lead offer")
-    def lead_offer_link(self, obj: InboxChange) -> str:
-        return admin_change_link(LeadOffer, obj.lead_offer_id) if obj.lead_offer_id else "—"
-
 
 @admin.register(InboxEvent)
-class InboxEventAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
+class InboxEventAdmin(InboxDisplayMixin, ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
     """Every signed POST from Meta, as received. "Reprocess" re-runs its parked and stuck changes."""
 
     list_display = ("id", "received_at", "status", "change_count", "attempts", "short_error", "processed_at")
@@ -601,10 +613,6 @@ class InboxEventAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
     inlines = (InboxChangeOfEventInline,)
     actions = ("reprocess",)
 
-    @admin.display(description="last error")
-    def short_error(self, obj: InboxEvent) -> str:
-        return Truncator(obj.last_error).chars(80)
-
     @admin.display(description="payload")
     def payload_pretty(self, obj: InboxEvent) -> str:
         return _pretty_json(obj.payload)
@@ -618,10 +626,6 @@ class InboxEventAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
         # An id beyond bigint range can only be a leadgen id.
         by_pk = Q(pk=int(term)) if int(term) < 2**63 else Q(pk__in=[])
         return by_pk | Q(pk__in=list(event_ids))
-
-    # Reprocessing is an operational action, not an edit: allowed to whoever may view the inbox.
-    def has_reprocess_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request)
 
     @admin.action(description="Reprocess (parked changes and stuck jobs)", permissions=["reprocess"])
     def reprocess(self, request: HttpRequest, queryset: QuerySet[InboxEvent]) -> None:
@@ -638,7 +642,7 @@ class InboxEventAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
 
 
 @admin.register(InboxChange)
-class InboxChangeAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
+class InboxChangeAdmin(InboxDisplayMixin, ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
     """One row per leadgen change. UNROUTED and FAILED rows wait here for staff; nothing is dropped."""
 
     list_display = (
@@ -683,17 +687,9 @@ class InboxChangeAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
     readonly_fields = fields
     actions = ("reprocess",)
 
-    @admin.display(description="last error")
-    def short_error(self, obj: InboxChange) -> str:
-        return Truncator(obj.last_error).chars(80)
-
     @admin.display(description="event")
     def event_link(self, obj: InboxChange) -> str:
         return admin_change_link(InboxEvent, obj.event_id, f"#{obj.event_id}")
-
-    @admin.display(description="lead offer")
-    def lead_offer_link(self, obj: InboxChange) -> str:
-        return admin_change_link(LeadOffer, obj.lead_offer_id) if obj.lead_offer_id else "—"
 
     @admin.display(description="change value")
     def value_pretty(self, obj: InboxChange) -> str:
@@ -703,9 +699,6 @@ class InboxChangeAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
         if not term.isdigit():
             return None
         return Q(leadgen_id=term) | Q(ad_id=term)
-
-    def has_reprocess_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request)
 
     @admin.action(description="Reprocess (unrouted and failed only)", permissions=["reprocess"])
     def reprocess(self, request: HttpRequest, queryset: QuerySet[InboxChange]) -> None:

@@ -32,7 +32,7 @@ from converzia.cache import invalidate_tenant
 from converzia.db.timeouts import guarded
 from converzia.jobs import DATABASE_TRANSIENT_ERRORS
 from converzia.metrics import INBOX_CHANGES
-from converzia.request_context import request_id_var
+from converzia.request_context import current_trace_id, request_id_var
 from leads import meta
 from leads.errors import InvalidPhone
 from leads.models import (
@@ -52,7 +52,6 @@ from leads.services import lead_event_record, lead_offer_transition
 
 logger = logging.getLogger(__name__)
 
-PLATFORM_META = "META"
 EVENT_SOURCE = "META_LEAD_AD"
 # Statuses after which an earlier lead_offer no longer makes a new one a duplicate (is_duplicate_lead).
 _DUPLICATE_IGNORES = (LeadOfferStatus.DISQUALIFIED, LeadOfferStatus.STOPPED)
@@ -74,7 +73,7 @@ def inbox_event_store(*, payload: dict[str, Any], changes: list[meta.LeadgenChan
             payload=payload,
             leadgen_ids=[change.leadgen_id for change in changes],
             change_count=len(changes),
-            request_id=_request_id(),
+            request_id=current_trace_id(),
         )
         InboxChange.objects.bulk_create(
             [
@@ -121,11 +120,6 @@ def inbox_event_defer(event_id: int, *, new_event: bool = False) -> bool:
     except procrastinate_exceptions.AlreadyEnqueued:
         return False
     return True
-
-
-def _request_id() -> str:
-    request_id = request_id_var.get()
-    return "" if request_id == "-" else request_id
 
 
 # --- The processing job --------------------------------------------------------------------------------
@@ -629,7 +623,7 @@ def _lead_offer_attach(
                 "next_attempt_at": now if route.offer_id else None,
                 "event_id": uuid.uuid4(),
                 "details": Jsonb(details),
-                "trace_id": _request_id(),
+                "trace_id": current_trace_id(),
             },
         )
     return lead_offer_id

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from converzia.cache import invalidate_tenant
 from converzia.models import User
-from converzia.request_context import current_request_id
+from converzia.request_context import current_trace_id
 from leads.errors import LeadOfferInvalidTransition
 from leads.models import (
     ActorType,
@@ -31,7 +31,6 @@ def lead_event_record(
     actor_type: str = ActorType.SYSTEM,
     actor_id: uuid.UUID | None = None,
 ) -> LeadEvent:
-    trace_id = current_request_id()
     return LeadEvent.objects.create(
         lead_id=lead_offer.lead_id,
         lead_offer=lead_offer,
@@ -40,7 +39,7 @@ def lead_event_record(
         details=details or {},
         actor_type=actor_type,
         actor_id=actor_id,
-        trace_id="" if trace_id == "-" else trace_id,
+        trace_id=current_trace_id(),
     )
 
 
