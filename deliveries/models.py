@@ -130,6 +130,12 @@ class Delivery(TimestampedModel):
     attempt_count = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The attempt limit counts from here: a staff retry of a dead letter grants a fresh set of attempts
+    # while attempt numbers keep growing (they are unique per delivery).
+    attempt_budget_start = models.PositiveSmallIntegerField(default=0)
+    # Set while a dispatcher is sending it (a lease): not claimed again before then, and resent after
+    # then if that dispatcher died mid-send.
+    claimed_until = models.DateTimeField(null=True, blank=True)
     blocked_reason = models.CharField(max_length=32, choices=DeliveryBlockedReason.choices, blank=True)
     no_charge_reason = models.CharField(max_length=16, choices=NoChargeReason.choices, blank=True)
     error_message = models.TextField(blank=True)
@@ -169,6 +175,12 @@ class Delivery(TimestampedModel):
                 fields=["next_attempt_at"],
                 name="idx_deliveries_due",
                 condition=models.Q(status__in=["PENDING", "FAILED"]),
+            ),
+            # Sends in flight per tenant: the dispatcher's credit reservation counts them.
+            models.Index(
+                fields=["tenant"],
+                name="idx_deliveries_in_flight",
+                condition=models.Q(claimed_until__isnull=False),
             ),
         ]
 

@@ -144,3 +144,51 @@ def route_pending_leads_for_ad(*, mapping: AdOfferMap, actor: User | None = None
         )
         moved += 1
     return moved
+
+
+def lead_offers_transition_many(
+    *,
+    lead_offers: list[LeadOffer],
+    to_status: str,
+    extra_fields: dict[str, object] | None = None,
+    details: dict[str, object] | None = None,
+    actor_type: str = ActorType.SYSTEM,
+) -> None:
+    """Move many lead_offers, already locked by the caller (`select_for_update`), in two queries.
+
+    The batch path of `lead_offer_transition` (delivery completion settles a hundred at a time): the
+    same matrix check per row, one UPDATE, one STATUS_CHANGE event per row, one invalidation per
+    tenant. The database trigger checks the matrix again and maintains the status bookkeeping.
+    """
+    moving = [lo for lo in lead_offers if lo.status != to_status]
+    for lead_offer in moving:
+        if not is_allowed(lead_offer.status, to_status):
+            raise LeadOfferInvalidTransition(lead_offer.status, to_status, allowed_targets(lead_offer.status))
+    if not moving:
+        return
+    now = timezone.now()
+    LeadOffer.objects.filter(pk__in=[lo.pk for lo in moving]).update(
+        status=to_status, updated_at=now, **(extra_fields or {})
+    )
+    trace_id = current_trace_id()
+    LeadEvent.objects.bulk_create(
+        [
+            LeadEvent(
+                lead_id=lo.lead_id,
+                lead_offer_id=lo.pk,
+                tenant_id=lo.tenant_id,
+                event_type=LeadEventType.STATUS_CHANGE,
+                details={"from": lo.status, "to": to_status, **(details or {})},
+                actor_type=actor_type,
+                trace_id=trace_id,
+                created_at=now,
+            )
+            for lo in moving
+        ]
+    )
+    for lead_offer in moving:
+        lead_offer.previous_status, lead_offer.status = lead_offer.status, to_status
+        for field, value in (extra_fields or {}).items():
+            setattr(lead_offer, field, value)
+    for tenant_id in {lo.tenant_id for lo in moving}:
+        invalidate_tenant(tenant_id)

@@ -143,7 +143,23 @@ META_WEBHOOK_MAX_CHANGES = env.int("META_WEBHOOK_MAX_CHANGES", default=1000)
 WEBHOOK_STATEMENT_TIMEOUT_MS = env.int("WEBHOOK_STATEMENT_TIMEOUT_MS", default=2_000)
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+# Deliveries (decision D6). Private, loopback and link-local destinations are refused unless allowed
+# (development and tests send to a receiver on this machine).
 DELIVERY_ALLOW_PRIVATE_NETWORKS = env.bool("DELIVERY_ALLOW_PRIVATE_NETWORKS", default=False)
+DELIVERY_CONNECT_TIMEOUT_S = env.float("DELIVERY_CONNECT_TIMEOUT_S", default=5.0)
+# The whole send, connect to last byte read; a slower receiver counts as a failed attempt.
+DELIVERY_TIMEOUT_S = env.float("DELIVERY_TIMEOUT_S", default=15.0)
+# 8 attempts, waits of about 45 s × 3.3ⁿ (±20 % jitter): the last try comes about a day after the first.
+DELIVERY_MAX_ATTEMPTS = env.int("DELIVERY_MAX_ATTEMPTS", default=8)
+DELIVERY_BACKOFF_BASE_S = env.float("DELIVERY_BACKOFF_BASE_S", default=45.0)
+DELIVERY_BACKOFF_FACTOR = env.float("DELIVERY_BACKOFF_FACTOR", default=3.3)
+DELIVERY_BACKOFF_MAX_S = env.float("DELIVERY_BACKOFF_MAX_S", default=86_400.0)
+# How many due deliveries one dispatcher run claims at a time, and sends concurrently.
+DELIVERY_BATCH_SIZE = env.int("DELIVERY_BATCH_SIZE", default=100)
+# Open connections/requests per worker process across all dispatchers.
+DELIVERY_MAX_IN_FLIGHT = env.int("DELIVERY_MAX_IN_FLIGHT", default=200)
+# A claimed delivery is not claimed again for this long; if its worker dies, it is resent after it.
+DELIVERY_LEASE_S = env.float("DELIVERY_LEASE_S", default=60.0)
 RELEASE_VERSION = env.str("RELEASE_VERSION", default="dev")
 
 # --- Background work (procrastinate, decision D5) ----------------------------------------------

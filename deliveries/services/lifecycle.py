@@ -1,0 +1,538 @@
+"""A lead's way from LEAD_READY to its tenant, and the money that moves with it (decisions D6, D7).
+
+The cross-domain writes live here, the highest domain they touch (spec README §3): a lead becoming
+ready creates its delivery; a delivery succeeding consumes a credit and marks the lead delivered.
+The ops API, the admin and the dispatcher all call these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from billing.errors import NotEnoughCredits
+from billing.models import CreditLedger
+from billing.services import credit_consume, credit_refund
+from converzia.errors import Conflict, InvalidInput
+from converzia.metrics import DELIVERIES
+from converzia.models import User
+from converzia.request_context import current_trace_id
+from deliveries.models import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryBlockedReason,
+    DeliveryDestination,
+    DeliveryStatus,
+    NoChargeReason,
+)
+from leads.errors import LeadOfferInvalidTransition
+from leads.models import (
+    ActorType,
+    BillingEligibility,
+    LeadEvent,
+    LeadEventType,
+    LeadOffer,
+    LeadOfferStatus,
+)
+from leads.services import lead_event_record, lead_offer_transition, lead_offers_transition_many
+from leads.transitions import allowed_targets
+
+logger = logging.getLogger(__name__)
+S = LeadOfferStatus
+
+# Billing eligibility → why a delivered lead is not charged. Anything else (PENDING, CHARGEABLE) pays.
+_NOT_CHARGED = {
+    BillingEligibility.NOT_CHARGEABLE_DUPLICATE: NoChargeReason.DUPLICATE,
+    BillingEligibility.NOT_CHARGEABLE_SPAM: NoChargeReason.SPAM,
+    BillingEligibility.NOT_CHARGEABLE_INCOMPLETE: NoChargeReason.INCOMPLETE,
+    BillingEligibility.NOT_CHARGEABLE_OUT_OF_ZONE: NoChargeReason.OUT_OF_ZONE,
+}
+# Statuses the qualification endpoint scores from (SCORED may be re-scored).
+QUALIFIABLE = frozenset({S.QUALIFYING, S.HUMAN_HANDOFF, S.SCORED})
+# Set only by a successful delivery, never by hand: that is where the credit is charged.
+DELIVERY_ONLY_TARGETS = frozenset({S.SENT_TO_DEVELOPER})
+
+
+def is_chargeable(billing_eligibility: str) -> bool:
+    return billing_eligibility not in _NOT_CHARGED
+
+
+def delivery_webhook_id(delivery_id: uuid.UUID) -> str:
+    """Standard Webhooks `webhook-id`: derived from the delivery, so every retry carries the same."""
+    return f"msg_{delivery_id.hex}"
+
+
+# --- Creation -------------------------------------------------------------------------------------
+
+
+def delivery_payload_build(lead_offer: LeadOffer) -> dict[str, Any]:
+    """The snapshot a tenant receives (DOMAIN.md §5.4, without the conversation summary)."""
+    lead = lead_offer.lead
+    source = lead_offer.lead_source
+    offer = lead_offer.offer
+    fields = lead_offer.qualification_fields or {}
+    return {
+        "lead_offer_id": str(lead_offer.pk),
+        "tenant_id": str(lead_offer.tenant_id),
+        "lead": {
+            "name": lead.full_name or " ".join(p for p in (lead.first_name, lead.last_name) if p),
+            "phone": lead.phone,
+            "email": lead.email,
+        },
+        "qualification": fields,
+        "score": {
+            "total": lead_offer.score_total,
+            "breakdown": lead_offer.score_breakdown or {},
+            "explanation": fields.get("score_explanation", ""),
+        },
+        "recommended_offer": {"id": str(offer.pk), "name": offer.name} if offer else None,
+        "alternatives": fields.get("alternatives", []),
+        "source": (
+            {
+                "platform": source.platform,
+                "ad_id": source.ad_id,
+                "campaign_id": source.campaign_id,
+                "form_id": source.form_id,
+            }
+            if source
+            else None
+        ),
+    }
+
+
+def delivery_create_for_ready(*, lead_offer: LeadOffer) -> Delivery | None:
+    """Create the lead_offer's one delivery and wake the dispatcher, in the caller's transaction.
+
+    Idempotent: the unique lead_offer key makes a second call a no-op (returns None).
+    """
+    from deliveries.services.dispatch import dispatcher_wake
+
+    lead_offer = LeadOffer.objects.select_related("lead", "lead_source", "offer").get(pk=lead_offer.pk)
+    delivery = Delivery(
+        lead_offer=lead_offer,
+        tenant_id=lead_offer.tenant_id,
+        offer_id=lead_offer.offer_id,
+        payload=delivery_payload_build(lead_offer),
+        next_attempt_at=timezone.now(),
+        trace_id=current_trace_id(),
+    )
+    created = Delivery.objects.bulk_create([delivery], ignore_conflicts=True)
+    # With ignore_conflicts PostgreSQL reports nothing back; look for the row we meant to write.
+    if not Delivery.objects.filter(pk=created[0].pk).exists():
+        return None
+    lead_event_record(
+        lead_offer=lead_offer,
+        event_type=LeadEventType.DELIVERY_ATTEMPTED,
+        details={"delivery_id": str(delivery.pk), "score": lead_offer.score_total},
+    )
+    dispatcher_wake()
+    return delivery
+
+
+# --- Funnel moves that may create or cancel a delivery ---------------------------------------------
+
+
+@transaction.atomic
+def lead_offer_advance(
+    *,
+    lead_offer: LeadOffer,
+    to_status: str,
+    actor: User | None = None,
+    reason: str = "",
+    disqualification_category: str = "",
+) -> LeadOffer:
+    """The ops transition: the matrix, plus what a move means for the lead's delivery.
+
+    Reaching LEAD_READY creates the delivery. Leaving LEAD_READY before delivery (STOPPED,
+    DISQUALIFIED) ends a waiting delivery as a dead letter, uncharged. SENT_TO_DEVELOPER is refused:
+    only a successful delivery sets it, because that is where the credit is charged.
+    """
+    if to_status in DELIVERY_ONLY_TARGETS:
+        locked = LeadOffer.objects.get(pk=lead_offer.pk)
+        raise LeadOfferInvalidTransition(
+            locked.status,
+            to_status,
+            [s for s in allowed_targets(locked.status) if s not in DELIVERY_ONLY_TARGETS],
+        )
+    updated = lead_offer_transition(
+        lead_offer=lead_offer,
+        to_status=to_status,
+        actor=actor,
+        actor_type=ActorType.OPERATOR,
+        reason=reason,
+        disqualification_category=disqualification_category,
+    )
+    if updated.status == S.LEAD_READY:
+        delivery_create_for_ready(lead_offer=updated)
+    elif updated.previous_status == S.LEAD_READY:
+        _delivery_cancel_for(lead_offer=updated, reason=f"lead moved to {updated.status}")
+    return updated
+
+
+@transaction.atomic
+def lead_offer_qualify(
+    *,
+    lead_offer: LeadOffer,
+    score_total: int,
+    qualification_fields: dict[str, Any] | None = None,
+    score_breakdown: dict[str, Any] | None = None,
+    actor: User | None = None,
+) -> LeadOffer:
+    """Store a qualification: fields merged into what is stored, the score, then SCORED or LEAD_READY.
+
+    At or above the tenant's `default_score_threshold` the lead becomes LEAD_READY (creating its
+    delivery); below it, SCORED. A HUMAN_HANDOFF lead below the threshold goes back through
+    QUALIFYING (the matrix has no HUMAN_HANDOFF → SCORED).
+    """
+    if not 0 <= score_total <= 100:
+        raise InvalidInput("The score must be between 0 and 100.", details={"score_total": ["0–100."]})
+    locked = LeadOffer.objects.select_for_update().select_related("tenant").get(pk=lead_offer.pk)
+    if locked.status not in QUALIFIABLE:
+        raise LeadOfferInvalidTransition(
+            locked.status, S.SCORED, sorted(s for s in allowed_targets(locked.status) if s in (S.SCORED, S.LEAD_READY))
+        )
+    now = timezone.now()
+    merged = {**(locked.qualification_fields or {}), **(qualification_fields or {})}
+    locked.qualification_fields = merged
+    locked.score_total = score_total
+    if score_breakdown is not None:
+        locked.score_breakdown = score_breakdown
+    locked.scored_at = now
+    locked.save(update_fields=["qualification_fields", "score_total", "score_breakdown", "scored_at", "updated_at"])
+    lead_event_record(
+        lead_offer=locked,
+        event_type=LeadEventType.SCORE_CALCULATED,
+        details={
+            "score_total": score_total,
+            "threshold": locked.tenant.default_score_threshold,
+            "fields_updated": sorted((qualification_fields or {}).keys()),
+        },
+        actor_type=ActorType.OPERATOR,
+        actor_id=actor.pk if actor else None,
+    )
+    ready = score_total >= locked.tenant.default_score_threshold
+    target = S.LEAD_READY if ready else S.SCORED
+    if locked.status == S.HUMAN_HANDOFF and target == S.SCORED:
+        locked = lead_offer_transition(lead_offer=locked, to_status=S.QUALIFYING, actor=actor, actor_type=ActorType.OPERATOR)
+    return lead_offer_advance(lead_offer=locked, to_status=target, actor=actor)
+
+
+def _delivery_cancel_for(*, lead_offer: LeadOffer, reason: str) -> None:
+    delivery = Delivery.objects.select_for_update().filter(lead_offer=lead_offer).first()
+    if delivery is None or delivery.status not in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
+        return
+    _dead_letter(delivery, reason=f"Cancelled before delivery: {reason}.")
+
+
+def _dead_letter(delivery: Delivery, *, reason: str) -> None:
+    now = timezone.now()
+    delivery.status = DeliveryStatus.DEAD_LETTER
+    delivery.dead_letter_at = now
+    delivery.dead_letter_reason = reason
+    delivery.next_attempt_at = None
+    delivery.claimed_until = None
+    delivery.save(
+        update_fields=["status", "dead_letter_at", "dead_letter_reason", "next_attempt_at", "claimed_until", "updated_at"]
+    )
+    LeadEvent.objects.create(
+        lead_id=delivery.lead_offer.lead_id,
+        lead_offer_id=delivery.lead_offer_id,
+        tenant_id=delivery.tenant_id,
+        event_type=LeadEventType.DELIVERY_DEAD_LETTER,
+        details={"delivery_id": str(delivery.pk), "reason": reason},
+        trace_id=current_trace_id(),
+    )
+    DELIVERIES.labels("dead_letter").inc()
+    logger.warning(
+        "delivery dead-lettered",
+        extra={"delivery_id": str(delivery.pk), "tenant_id": str(delivery.tenant_id), "reason": reason},
+    )
+
+
+# --- Completion: the one place a delivery is charged ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendRecord:
+    """What one send of a delivery produced (the attempt row's content)."""
+
+    delivery_id: uuid.UUID
+    attempt_number: int
+    destination_id: uuid.UUID | None
+    url: str
+    status_code: int | None
+    duration_ms: int
+    error: str = ""
+    response_excerpt: str = ""
+
+
+@dataclass(frozen=True)
+class Completion:
+    delivery_id: uuid.UUID
+    newly_delivered: bool
+    charged: bool
+    ledger_entry_id: uuid.UUID | None
+
+
+def _attempt_row(record: SendRecord, *, succeeded: bool) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        delivery_id=record.delivery_id,
+        attempt_number=record.attempt_number,
+        destination_id=record.destination_id,
+        url=record.url[:500],
+        status_code=record.status_code,
+        duration_ms=record.duration_ms,
+        succeeded=succeeded,
+        error=record.error,
+        response_excerpt=record.response_excerpt,
+    )
+
+
+@transaction.atomic
+def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
+    """Settle successful sends, in one transaction: each delivery DELIVERED and charged exactly once.
+
+    Locks the deliveries, then their lead_offers (always in id order, so two settlers never deadlock).
+    A delivery already delivered is left alone (a repeat send after a lost lease, or a second caller):
+    the partial unique index on consumptions is the last line, the status check the first. A lead whose
+    billing eligibility says NOT_CHARGEABLE_* is delivered uncharged and keeps its eligibility.
+    """
+    if not records:
+        return []
+    by_id = {r.delivery_id: r for r in records}
+    deliveries = list(
+        Delivery.objects.select_for_update().filter(pk__in=list(by_id)).order_by("pk")
+    )
+    open_deliveries = [
+        d for d in deliveries if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED)
+    ]
+    lead_offers = {
+        lo.pk: lo
+        for lo in LeadOffer.objects.select_for_update()
+        .filter(pk__in=[d.lead_offer_id for d in open_deliveries])
+        .order_by("pk")
+    }
+    now = timezone.now()
+    completions: list[Completion] = []
+    charged_lead_offers: list[LeadOffer] = []
+    uncharged_lead_offers: list[LeadOffer] = []
+    events: list[LeadEvent] = []
+    trace_id = current_trace_id()
+    attempts = [
+        _attempt_row(by_id[d.pk], succeeded=True)
+        for d in deliveries
+        if by_id[d.pk].attempt_number > 0
+    ]
+    for delivery in deliveries:
+        if delivery not in open_deliveries:
+            completions.append(Completion(delivery.pk, False, False, None))
+            continue
+        lead_offer = lead_offers[delivery.lead_offer_id]
+        entry: CreditLedger | None = None
+        no_charge = _NOT_CHARGED.get(lead_offer.billing_eligibility, "")
+        if not no_charge:
+            try:
+                entry = credit_consume(
+                    tenant_id=delivery.tenant_id, delivery_id=delivery.pk, lead_offer_id=lead_offer.pk
+                )
+            except NotEnoughCredits:
+                # The dispatcher reserves credits before sending, so only a concurrent staff
+                # adjustment lands here. The tenant has the lead; record it, uncharged, loudly.
+                no_charge = NoChargeReason.WAIVED
+                logger.error(
+                    "delivery completed without a credit to charge",
+                    extra={"delivery_id": str(delivery.pk), "tenant_id": str(delivery.tenant_id)},
+                )
+        delivery.status = DeliveryStatus.DELIVERED
+        delivery.delivered_at = now
+        delivery.next_attempt_at = None
+        delivery.claimed_until = None
+        delivery.blocked_reason = ""
+        delivery.error_message = ""
+        delivery.no_charge_reason = no_charge
+        if lead_offer.status == S.LEAD_READY:
+            (charged_lead_offers if entry else uncharged_lead_offers).append(lead_offer)
+        record = by_id[delivery.pk]
+        events.append(
+            LeadEvent(
+                lead_id=lead_offer.lead_id,
+                lead_offer_id=lead_offer.pk,
+                tenant_id=delivery.tenant_id,
+                event_type=LeadEventType.DELIVERY_COMPLETED,
+                details={
+                    "delivery_id": str(delivery.pk),
+                    "webhook_id": delivery_webhook_id(delivery.pk),
+                    "attempt": record.attempt_number,
+                    "status_code": record.status_code,
+                    "credit_consumed": entry is not None,
+                    "ledger_entry_id": str(entry.pk) if entry else None,
+                    "no_charge_reason": no_charge or None,
+                },
+                trace_id=trace_id,
+                created_at=now,
+            )
+        )
+        completions.append(Completion(delivery.pk, True, entry is not None, entry.pk if entry else None))
+    if open_deliveries:
+        Delivery.objects.bulk_update(
+            open_deliveries,
+            [
+                "status",
+                "delivered_at",
+                "next_attempt_at",
+                "claimed_until",
+                "blocked_reason",
+                "error_message",
+                "no_charge_reason",
+                "updated_at",
+            ],
+        )
+    lead_offers_transition_many(
+        lead_offers=charged_lead_offers,
+        to_status=S.SENT_TO_DEVELOPER,
+        extra_fields={"billing_eligibility": BillingEligibility.CHARGEABLE},
+        details={"reason": "delivered"},
+    )
+    lead_offers_transition_many(
+        lead_offers=uncharged_lead_offers, to_status=S.SENT_TO_DEVELOPER, details={"reason": "delivered"}
+    )
+    LeadEvent.objects.bulk_create(events)
+    # Attempt rows of repeat sends are kept too (the receiver did answer them).
+    DeliveryAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
+    destination_ids = {r.destination_id for r in records if r.destination_id}
+    if destination_ids:
+        # At most one write per destination per batch; the column is for staff, not for accounting.
+        DeliveryDestination.objects.filter(pk__in=destination_ids).update(last_success_at=now)
+    delivered = sum(1 for c in completions if c.newly_delivered)
+    if delivered:
+        DELIVERIES.labels("delivered").inc(delivered)
+    return completions
+
+
+def delivery_complete(record: SendRecord) -> Completion:
+    """Settle one successful send (see `deliveries_complete`)."""
+    (completion,) = deliveries_complete([record])
+    return completion
+
+
+# --- Failures, waiting and resuming ------------------------------------------------------------------
+
+
+def backoff_delay_s(attempts_used: int, *, rng: Any = None) -> float:
+    """Seconds before the next attempt after `attempts_used` failed ones: base × factorⁿ⁻¹, ±20 %."""
+    import random
+
+    rng = rng or random
+    delay = settings.DELIVERY_BACKOFF_BASE_S * settings.DELIVERY_BACKOFF_FACTOR ** max(0, attempts_used - 1)
+    delay = min(delay, settings.DELIVERY_BACKOFF_MAX_S)
+    return delay * rng.uniform(0.8, 1.2)
+
+
+@transaction.atomic
+def deliveries_resume_blocked(*, tenant_id: uuid.UUID, reason: str) -> int:
+    """Deliveries waiting for `reason` (no destination, no credits) become due now; wakes the dispatcher."""
+    from deliveries.services.dispatch import dispatcher_wake
+
+    resumed = (
+        Delivery.objects.for_tenant(tenant_id)
+        .filter(blocked_reason=reason, status__in=[DeliveryStatus.PENDING, DeliveryStatus.FAILED])
+        .update(blocked_reason="", next_attempt_at=timezone.now(), updated_at=timezone.now())
+    )
+    if resumed:
+        logger.info(
+            "deliveries resumed",
+            extra={"tenant_id": str(tenant_id), "reason": reason, "resumed": resumed},
+        )
+        dispatcher_wake()
+    return resumed
+
+
+def on_balance_increased(sender: Any, *, tenant_id: uuid.UUID, **kwargs: Any) -> None:
+    """Credits arrived (purchase, bonus, refund, adjustment): resume deliveries waiting for them."""
+    deliveries_resume_blocked(tenant_id=tenant_id, reason=DeliveryBlockedReason.INSUFFICIENT_CREDITS)
+
+
+# --- Staff actions --------------------------------------------------------------------------------
+
+
+class DeliveryNotRetryable(Conflict):
+    message = "Only a failed or dead-letter delivery can be retried."
+
+
+class DeliveryNotRefundable(Conflict):
+    message = "Only a delivered (charged) delivery can be refunded."
+
+
+@transaction.atomic
+def delivery_retry(*, delivery: Delivery, actor: User | None = None) -> Delivery:
+    """Staff retry: a dead letter (or a failed delivery) is due now, with a fresh set of attempts."""
+    from deliveries.services.dispatch import dispatcher_wake
+
+    locked = Delivery.objects.select_for_update().select_related("lead_offer").get(pk=delivery.pk)
+    if locked.status not in (DeliveryStatus.DEAD_LETTER, DeliveryStatus.FAILED):
+        raise DeliveryNotRetryable(details={"status": locked.status})
+    if locked.lead_offer.status != S.LEAD_READY:
+        raise DeliveryNotRetryable(
+            f"The lead is {locked.lead_offer.status}, no longer LEAD_READY; nothing to deliver.",
+            details={"lead_offer_status": locked.lead_offer.status},
+        )
+    locked.status = DeliveryStatus.PENDING
+    locked.attempt_budget_start = locked.attempt_count
+    locked.next_attempt_at = timezone.now()
+    locked.claimed_until = None
+    locked.blocked_reason = ""
+    locked.dead_letter_at = None
+    locked.dead_letter_reason = ""
+    locked.save(
+        update_fields=[
+            "status",
+            "attempt_budget_start",
+            "next_attempt_at",
+            "claimed_until",
+            "blocked_reason",
+            "dead_letter_at",
+            "dead_letter_reason",
+            "updated_at",
+        ]
+    )
+    lead_event_record(
+        lead_offer=locked.lead_offer,
+        event_type=LeadEventType.MANUAL_ACTION,
+        details={"action": "DELIVERY_RETRY", "delivery_id": str(locked.pk)},
+        actor_type=ActorType.ADMIN,
+        actor_id=actor.pk if actor else None,
+    )
+    dispatcher_wake()
+    return locked
+
+
+@transaction.atomic
+def delivery_refund(*, delivery: Delivery, reason: str, actor: User | None = None) -> CreditLedger:
+    """Staff refund of a delivered lead: the credit back, delivery REFUNDED, the lead's billing PENDING."""
+    if not reason.strip():
+        raise InvalidInput("A refund needs a reason.", details={"reason": ["This field is required."]})
+    locked = Delivery.objects.select_for_update().select_related("lead_offer").get(pk=delivery.pk)
+    if locked.status not in (DeliveryStatus.DELIVERED, DeliveryStatus.PARTIAL):
+        raise DeliveryNotRefundable(details={"status": locked.status})
+    entry = credit_refund(tenant_id=locked.tenant_id, delivery_id=locked.pk, reason=reason, actor=actor)
+    now = timezone.now()
+    locked.status = DeliveryStatus.REFUNDED
+    locked.refunded_at = now
+    locked.save(update_fields=["status", "refunded_at", "updated_at"])
+    LeadOffer.objects.filter(pk=locked.lead_offer_id).update(
+        billing_eligibility=BillingEligibility.PENDING, billing_notes=f"Refunded: {reason}", updated_at=now
+    )
+    lead_event_record(
+        lead_offer=locked.lead_offer,
+        event_type=LeadEventType.CREDIT_REFUNDED,
+        details={"delivery_id": str(locked.pk), "ledger_entry_id": str(entry.pk), "reason": reason},
+        actor_type=ActorType.ADMIN,
+        actor_id=actor.pk if actor else None,
+    )
+    return entry
