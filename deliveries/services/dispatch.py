@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, F, OuterRef, Subquery
 from django.utils import timezone
 from procrastinate import exceptions as procrastinate_exceptions
 
@@ -143,8 +143,9 @@ def deliveries_claim(*, limit: int) -> ClaimReport:
         )
     }
     cancelled = [d for d in due if d.lead_offer.status != LeadOfferStatus.LEAD_READY]
-    waiting_destination = [d for d in due if d not in cancelled and d.tenant_id not in destinations]
-    candidates = [d for d in due if d not in cancelled and d.tenant_id in destinations]
+    live = [d for d in due if d.lead_offer.status == LeadOfferStatus.LEAD_READY]
+    waiting_destination = [d for d in live if d.tenant_id not in destinations]
+    candidates = [d for d in live if d.tenant_id in destinations]
 
     paying_tenants = sorted(
         {d.tenant_id for d in candidates if is_chargeable(d.lead_offer.billing_eligibility)}
@@ -181,17 +182,11 @@ def deliveries_claim(*, limit: int) -> ClaimReport:
 
     for delivery in sendable:
         destination = destinations[delivery.tenant_id]
-        delivery.attempt_count += 1
-        delivery.last_attempt_at = now
-        delivery.claimed_until = lease_until
-        delivery.next_attempt_at = lease_until
-        delivery.blocked_reason = ""
-        delivery.destination_id = destination["id"]
         report.claimed.append(
             Claimed(
                 delivery_id=delivery.pk,
                 tenant_id=delivery.tenant_id,
-                attempt_number=delivery.attempt_count,
+                attempt_number=delivery.attempt_count + 1,
                 destination_id=destination["id"],
                 url=destination["url"],
                 secret=destination["secret"],
@@ -199,17 +194,18 @@ def deliveries_claim(*, limit: int) -> ClaimReport:
             )
         )
     if sendable:
-        Delivery.objects.bulk_update(
-            sendable,
-            [
-                "attempt_count",
-                "last_attempt_at",
-                "claimed_until",
-                "next_attempt_at",
-                "blocked_reason",
-                "destination",
-                "updated_at",
-            ],
+        # One UPDATE for the batch; each row takes its tenant's active destination (the one the
+        # request goes to: the destination rows are read in this same transaction).
+        Delivery.objects.filter(pk__in=[d.pk for d in sendable]).update(
+            attempt_count=F("attempt_count") + 1,
+            last_attempt_at=now,
+            claimed_until=lease_until,
+            next_attempt_at=lease_until,
+            blocked_reason="",
+            destination_id=Subquery(
+                DeliveryDestination.objects.filter(tenant_id=OuterRef("tenant_id"), is_active=True).values("pk")[:1]
+            ),
+            updated_at=now,
         )
     _wait(waiting_destination, DeliveryBlockedReason.NO_ACTIVE_DESTINATION, "No active delivery destination.")
     _wait(waiting_credits, DeliveryBlockedReason.INSUFFICIENT_CREDITS, "Insufficient credits.")
@@ -321,6 +317,7 @@ def deliveries_fail(outcomes: list[tuple[SendRecord, outbound.OutboundResult]]) 
             continue
         attempts_used = delivery.attempt_count - delivery.attempt_budget_start
         delivery.status = DeliveryStatus.FAILED
+        delivery.updated_at = now
         delivery.claimed_until = None
         delivery.error_message = record.error[:2000]
         if result.status_code == 410:

@@ -312,6 +312,7 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
     open_deliveries = [
         d for d in deliveries if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED)
     ]
+    open_ids = {d.pk for d in open_deliveries}
     lead_offers = {
         lo.pk: lo
         for lo in LeadOffer.objects.select_for_update()
@@ -330,7 +331,7 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
         if by_id[d.pk].attempt_number > 0
     ]
     for delivery in deliveries:
-        if delivery not in open_deliveries:
+        if delivery.pk not in open_ids:
             completions.append(Completion(delivery.pk, False, False, None))
             continue
         lead_offer = lead_offers[delivery.lead_offer_id]
@@ -379,19 +380,20 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
             )
         )
         completions.append(Completion(delivery.pk, True, entry is not None, entry.pk if entry else None))
-    if open_deliveries:
-        Delivery.objects.bulk_update(
-            open_deliveries,
-            [
-                "status",
-                "delivered_at",
-                "next_attempt_at",
-                "claimed_until",
-                "blocked_reason",
-                "error_message",
-                "no_charge_reason",
-                "updated_at",
-            ],
+    # One UPDATE per no-charge reason (almost always one: charged).
+    by_reason: dict[str, list[uuid.UUID]] = {}
+    for delivery in open_deliveries:
+        by_reason.setdefault(delivery.no_charge_reason, []).append(delivery.pk)
+    for no_charge_reason, ids in by_reason.items():
+        Delivery.objects.filter(pk__in=ids).update(
+            status=DeliveryStatus.DELIVERED,
+            delivered_at=now,
+            next_attempt_at=None,
+            claimed_until=None,
+            blocked_reason="",
+            error_message="",
+            no_charge_reason=no_charge_reason,
+            updated_at=now,
         )
     lead_offers_transition_many(
         lead_offers=charged_lead_offers,
