@@ -1,9 +1,9 @@
 """Staff admin for tenants (with their approval and credit actions), pricing, orders, the ledger,
-balances and platform costs.
+balances, low-credit alerts and platform costs.
 
-Every credit movement goes through `billing.services`: the ledger and the balance rows are view-only
-here. `Tenant` is registered in this module because its actions call billing services (the kernel
-must not import billing); the kernel-only parts live in `converzia.admin.TenantAdminBase`.
+Every credit movement goes through `billing.services`: the ledger, the balance rows and the alerts are
+view-only here. `Tenant` is registered in this module because its actions call billing services (the
+kernel must not import billing); the kernel-only parts live in `converzia.admin.TenantAdminBase`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from billing.forms import CreditAdjustmentForm, CreditBonusForm, CreditPurchaseF
 from billing.models import (
     BillingOrder,
     BillingOrderStatus,
+    CreditAlert,
     CreditLedger,
     CreditTransactionType,
     PlatformCost,
@@ -485,6 +486,23 @@ class TenantCreditBalanceAdmin(ViewOnlyMixin, FastModelAdmin):
     search_fields = ("tenant__name",)
     search_help_text = "Tenant name (substring)."
     ordering = ("tenant__name",)
+
+
+@admin.register(CreditAlert)
+class CreditAlertAdmin(ViewOnlyMixin, FastModelAdmin):
+    """Low-credit alerts, written by the ledger services with the entry that raised them: read-only."""
+
+    list_display = ("created_at", "tenant", "alert_type", "balance", "threshold", "entry_link")
+    list_filter = (TenantFilter, "alert_type")
+    list_select_related = ("tenant",)
+    sortable_by = ()
+    ordering = ("-created_at", "-pk")
+    # idx_credit_alerts_tenant_created serves one tenant's alerts, newest first.
+    indexed_orderings = ((("tenant",), ("-created_at",)),)
+
+    @admin.display(description="ledger entry")
+    def entry_link(self, obj: CreditAlert) -> str:
+        return admin_change_link(CreditLedger, obj.ledger_entry_id)
 
 
 # --- Platform costs ---------------------------------------------------------------------------------

@@ -292,6 +292,45 @@ class TenantCreditBalance(models.Model):
         return f"{self.tenant}: {self.balance}"
 
 
+class CreditAlertType(models.TextChoices):
+    LOW_CREDITS = "LOW_CREDITS"
+    ZERO_CREDITS = "ZERO_CREDITS"
+
+
+class CreditAlert(models.Model):
+    """A tenant's balance crossed below its low-credit threshold, or reached 0, with one ledger entry.
+
+    Written by `billing.services` in the ledger entry's transaction, so an alert exists exactly when its
+    entry does. One alert per entry at most: an entry that both crosses the threshold and empties the
+    balance writes ZERO_CREDITS only (the stronger message; it implies the other).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Indexed as the leading column of idx_credit_alerts_tenant_created.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="credit_alerts", db_index=False)
+    alert_type = models.CharField(max_length=16, choices=CreditAlertType.choices)
+    balance = models.IntegerField(help_text="The balance after the entry.")
+    threshold = models.PositiveIntegerField(help_text="The tenant's low-credit threshold at the time.")
+    # RESTRICT, not PROTECT: a ledger row cannot be deleted on its own while an alert points at it, but
+    # deleting the tenant cascades to both (PROTECT would block that). Unique: one alert per entry; its
+    # index also serves the FK check when a tenant's ledger rows are deleted.
+    ledger_entry = models.OneToOneField(CreditLedger, on_delete=models.RESTRICT, related_name="credit_alert")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "credit_alerts"
+        indexes = [
+            models.Index(
+                models.F("tenant"), models.F("created_at").desc(), name="idx_credit_alerts_tenant_created"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alert_type} {self.tenant_id}: {self.balance} (threshold {self.threshold})"
+
+
 class PlatformCost(models.Model):
     """Ad spend per ad and period, synced from the ad platform; feeds revenue and attributed cost."""
 

@@ -4,15 +4,23 @@ Every ledger write locks the tenant's balance row (`SELECT … FOR UPDATE`), app
 with `balance_after` and updates the balance, so concurrent writers serialise per tenant and the
 running balance is exact. A CHECK keeps the balance ≥ 0; partial unique indexes allow one
 consumption and one refund per delivery.
+
+A write that crosses the tenant's low-credit threshold, or empties the balance, also writes a
+`CreditAlert`. After commit each write is counted (`converzia_ledger_entries_total`), each alert is
+counted and logged, and a write that adds credits sends `billing.signals.balance_increased`.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.errors import (
@@ -27,13 +35,18 @@ from billing.errors import (
 from billing.models import (
     BillingOrder,
     BillingOrderStatus,
+    CreditAlert,
+    CreditAlertType,
     CreditLedger,
     CreditTransactionType,
     TenantCreditBalance,
     TenantPricing,
 )
+from billing.signals import balance_increased
 from converzia.cache import invalidate_tenant
+from converzia.metrics import CREDIT_ALERTS, LEDGER_ENTRIES
 from converzia.models import MembershipStatus, Tenant, TenantMember, TenantStatus, User
+from converzia.request_context import tenant_id_var
 
 logger = logging.getLogger(__name__)
 T = CreditTransactionType
@@ -48,10 +61,64 @@ _TOTAL_FIELD = {
 }
 
 
+# The model default applies to a tenant that has no pricing row yet.
+DEFAULT_LOW_CREDIT_THRESHOLD: int = TenantPricing._meta.get_field("low_credit_threshold").default
+
+
 def _lock_balance(tenant_id: uuid.UUID) -> TenantCreditBalance:
-    # The row may not exist yet; create it race-free, then lock it.
-    TenantCreditBalance.objects.bulk_create([TenantCreditBalance(tenant_id=tenant_id)], ignore_conflicts=True)
-    return TenantCreditBalance.objects.select_for_update().get(tenant_id=tenant_id)
+    """Lock the tenant's balance row, reading its low-credit threshold in the same statement.
+
+    The row exists once a tenant has any ledger entry, so the hot path is this one query; the first
+    entry creates the row race-free, then locks it. The result carries `low_credit_threshold`.
+
+    After waiting for the lock PostgreSQL returns the row's newest version, so the balance is exact;
+    the threshold subquery keeps the statement's snapshot, which only delays a threshold change by one
+    write. (So nothing that must be exact, like "already charged?", belongs in this statement.)
+    """
+    threshold = Subquery(
+        TenantPricing.objects.filter(tenant_id=OuterRef("tenant_id")).values("low_credit_threshold")[:1]
+    )
+    locked = (
+        TenantCreditBalance.objects.select_for_update()
+        .filter(tenant_id=tenant_id)
+        .annotate(
+            low_credit_threshold=Coalesce(
+                threshold, Value(DEFAULT_LOW_CREDIT_THRESHOLD), output_field=IntegerField()
+            )
+        )
+    )
+    balance = next(iter(locked), None)
+    if balance is None:
+        TenantCreditBalance.objects.bulk_create(
+            [TenantCreditBalance(tenant_id=tenant_id)], ignore_conflicts=True
+        )
+        balance = locked.get()
+    return balance
+
+
+def _lock_balances(tenant_ids: list[uuid.UUID]) -> list[TenantCreditBalance]:
+    """`_lock_balance` for several tenants at once, locked in tenant-id order."""
+    threshold = Subquery(
+        TenantPricing.objects.filter(tenant_id=OuterRef("tenant_id")).values("low_credit_threshold")[:1]
+    )
+    locked = (
+        TenantCreditBalance.objects.select_for_update()
+        .filter(tenant_id__in=tenant_ids)
+        .annotate(
+            low_credit_threshold=Coalesce(
+                threshold, Value(DEFAULT_LOW_CREDIT_THRESHOLD), output_field=IntegerField()
+            )
+        )
+        .order_by("tenant_id")
+    )
+    rows = list(locked)
+    if len(rows) < len(tenant_ids):
+        missing = set(tenant_ids) - {row.tenant_id for row in rows}
+        TenantCreditBalance.objects.bulk_create(
+            [TenantCreditBalance(tenant_id=t) for t in sorted(missing)], ignore_conflicts=True
+        )
+        rows = list(locked)
+    return rows
 
 
 def _ledger_append(
@@ -66,21 +133,27 @@ def _ledger_append(
     delivery_id: uuid.UUID | None = None,
     lead_offer_id: uuid.UUID | None = None,
 ) -> CreditLedger:
-    """Append one ledger row under the tenant's balance lock. Callers are inside `atomic`."""
+    """Append one ledger row under the tenant's balance lock. Callers are inside `atomic`.
+
+    Three statements on the hot path (lock + threshold, INSERT, UPDATE), plus one INSERT when the entry
+    raises a low-credit alert. Metrics, the alert's log line and `balance_increased` run after commit,
+    so a rolled-back entry is never counted, logged or announced.
+    """
     if amount == 0:
         raise InvalidAmount("A ledger entry must move at least one credit.")
     balance = _lock_balance(tenant_id)
-    new_balance = balance.balance + amount
-    if new_balance < 0:
+    before = balance.balance
+    after = before + amount
+    if after < 0:
         raise NotEnoughCredits(
-            f"The tenant has {balance.balance} credits; {-amount} are needed.",
-            details={"balance": balance.balance, "required": -amount},
+            f"The tenant has {before} credits; {-amount} are needed.",
+            details={"balance": before, "required": -amount},
         )
     entry = CreditLedger(
         tenant_id=tenant_id,
         transaction_type=transaction_type,
         amount=amount,
-        balance_after=new_balance,
+        balance_after=after,
         billing_order=billing_order,
         delivery_id=delivery_id,
         lead_offer_id=lead_offer_id,
@@ -88,9 +161,10 @@ def _ledger_append(
         notes=notes,
         created_by=created_by,
     )
+    # No savepoint of our own (two statements saved per write): every caller is an atomic service, which
+    # is a savepoint when nested, so a failed INSERT rolls back with it and nothing else runs here.
     try:
-        with transaction.atomic():
-            entry.save(force_insert=True)
+        entry.save(force_insert=True)
     except IntegrityError as exc:
         constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") or ""
         if constraint == "idx_credit_ledger_delivery_consumption":
@@ -100,29 +174,89 @@ def _ledger_append(
         raise
 
     total_field = _TOTAL_FIELD[transaction_type]
-    balance.balance = new_balance
+    balance.balance = after
     # Adjustments keep their sign; every other total counts credits moved.
     moved = amount if transaction_type == T.CREDIT_ADJUSTMENT else abs(amount)
     setattr(balance, total_field, getattr(balance, total_field) + moved)
     balance.save(update_fields=["balance", total_field, "updated_at"])
-    _alert_if_low(tenant_id=tenant_id, before=new_balance - amount, after=new_balance)
+
+    threshold: int = balance.low_credit_threshold
+    alert_type = credit_alert_type(before=before, after=after, threshold=threshold)
+    if alert_type is not None:
+        CreditAlert.objects.create(
+            tenant_id=tenant_id,
+            alert_type=alert_type,
+            balance=after,
+            threshold=threshold,
+            ledger_entry=entry,
+        )
     invalidate_tenant(tenant_id)
+    transaction.on_commit(
+        partial(
+            _ledger_entry_committed,
+            tenant_id=tenant_id,
+            transaction_type=transaction_type,
+            balance=after,
+            threshold=threshold,
+            alert_type=alert_type,
+        )
+    )
+    if amount > 0:
+
+        def announce_balance_increased() -> None:
+            balance_increased.send(sender=CreditLedger, tenant_id=tenant_id, balance=after)
+
+        # Robust: a failing receiver (another domain's) is logged and never breaks the committed write.
+        transaction.on_commit(announce_balance_increased, robust=True)
     return entry
 
 
-def _alert_if_low(*, tenant_id: uuid.UUID, before: int, after: int) -> None:
-    threshold = (
-        TenantPricing.objects.filter(tenant_id=tenant_id)
-        .values_list("low_credit_threshold", flat=True)
-        .first()
-    )
-    if threshold is None:
-        threshold = 10
+def credit_alert_type(*, before: int, after: int, threshold: int) -> CreditAlertType | None:
+    """The alert an entry moving the balance from `before` to `after` raises, if any.
+
+    LOW_CREDITS when the balance crosses from at or above the threshold to below it; ZERO_CREDITS when
+    it reaches 0 from above. An entry that does both raises ZERO_CREDITS only: one alert per entry, the
+    stronger one (reaching 0 implies being below any threshold).
+    """
+    if before > 0 and after == 0:
+        return CreditAlertType.ZERO_CREDITS
     if before >= threshold > after:
-        logger.warning(
-            "tenant credits fell below threshold",
-            extra={"tenant_id": str(tenant_id), "balance": after, "threshold": threshold},
-        )
+        return CreditAlertType.LOW_CREDITS
+    return None
+
+
+def _ledger_entry_committed(
+    *,
+    tenant_id: uuid.UUID,
+    transaction_type: str,
+    balance: int,
+    threshold: int,
+    alert_type: CreditAlertType | None,
+    count: int = 1,
+) -> None:
+    LEDGER_ENTRIES.labels(transaction_type).inc(count)
+    if alert_type is None:
+        return
+    CREDIT_ALERTS.labels(alert_type).inc()
+    # The logging filter stamps every record with the context's tenant (none in a worker), which would
+    # overwrite `extra["tenant_id"]`; this line is about this tenant wherever it runs.
+    token = tenant_id_var.set(str(tenant_id))
+    try:
+        _log_alert(tenant_id=tenant_id, balance=balance, threshold=threshold, alert_type=alert_type)
+    finally:
+        tenant_id_var.reset(token)
+
+
+def _log_alert(*, tenant_id: uuid.UUID, balance: int, threshold: int, alert_type: CreditAlertType) -> None:
+    logger.warning(
+        "tenant credits are low" if alert_type == CreditAlertType.LOW_CREDITS else "tenant credits ran out",
+        extra={
+            "tenant_id": str(tenant_id),
+            "balance": balance,
+            "threshold": threshold,
+            "alert_type": str(alert_type),
+        },
+    )
 
 
 def credit_balance_get(*, tenant: Tenant) -> int:
@@ -278,6 +412,109 @@ def credit_consume(
         lead_offer_id=lead_offer_id,
         description=description,
     )
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One credit to consume for one delivery (see `credit_consume_many`)."""
+
+    tenant_id: uuid.UUID
+    delivery_id: uuid.UUID
+    lead_offer_id: uuid.UUID
+    description: str = "Lead delivery"
+
+
+@transaction.atomic
+def credit_consume_many(
+    charges: list[Charge],
+) -> dict[uuid.UUID, CreditLedger | NotEnoughCredits | AlreadyCharged]:
+    """Consume one credit per delivery for a batch of deliveries, in a handful of statements.
+
+    The batch path of `credit_consume` (the dispatcher settles a hundred deliveries at a time) with the
+    same rules: every tenant's balance row is locked first, in tenant-id order (so concurrent batches
+    never deadlock), then "already charged?" is read under those locks (any other consumer of the same
+    delivery must wait for the same lock, so the answer is exact), then the rows are appended with an
+    exact running `balance_after`, and each balance updated once. Returns, per delivery, its ledger
+    row or the error it would have raised; nothing is charged for an error.
+    """
+    results: dict[uuid.UUID, CreditLedger | NotEnoughCredits | AlreadyCharged] = {}
+    if not charges:
+        return results
+    tenant_ids = sorted({c.tenant_id for c in charges})
+    balances = {b.tenant_id: b for b in _lock_balances(tenant_ids)}
+    already = set(
+        CreditLedger.objects.filter(
+            delivery_id__in=[c.delivery_id for c in charges], transaction_type=T.CREDIT_CONSUMPTION
+        ).values_list("delivery_id", flat=True)
+    )
+    before = {tenant_id: balance.balance for tenant_id, balance in balances.items()}
+    running = dict(before)
+    entries: list[CreditLedger] = []
+    for charge in charges:
+        if charge.delivery_id in already:
+            results[charge.delivery_id] = AlreadyCharged()
+            continue
+        if running[charge.tenant_id] < 1:
+            results[charge.delivery_id] = NotEnoughCredits(
+                f"The tenant has {running[charge.tenant_id]} credits; 1 is needed.",
+                details={"balance": running[charge.tenant_id], "required": 1},
+            )
+            continue
+        running[charge.tenant_id] -= 1
+        already.add(charge.delivery_id)
+        entry = CreditLedger(
+            tenant_id=charge.tenant_id,
+            transaction_type=T.CREDIT_CONSUMPTION,
+            amount=-1,
+            balance_after=running[charge.tenant_id],
+            delivery_id=charge.delivery_id,
+            lead_offer_id=charge.lead_offer_id,
+            description=charge.description,
+        )
+        entries.append(entry)
+        results[charge.delivery_id] = entry
+    if not entries:
+        return results
+    CreditLedger.objects.bulk_create(entries)
+    consumed = {tenant_id: before[tenant_id] - running[tenant_id] for tenant_id in tenant_ids}
+    last_entry = {entry.tenant_id: entry for entry in entries}
+    alerts = []
+    for tenant_id in tenant_ids:
+        if not consumed[tenant_id]:
+            continue
+        TenantCreditBalance.objects.filter(tenant_id=tenant_id).update(
+            balance=running[tenant_id],
+            total_consumed=F("total_consumed") + consumed[tenant_id],
+            updated_at=timezone.now(),
+        )
+        threshold: int = balances[tenant_id].low_credit_threshold
+        alert_type = credit_alert_type(
+            before=before[tenant_id], after=running[tenant_id], threshold=threshold
+        )
+        if alert_type is not None:
+            alerts.append(
+                CreditAlert(
+                    tenant_id=tenant_id,
+                    alert_type=alert_type,
+                    balance=running[tenant_id],
+                    threshold=threshold,
+                    ledger_entry=last_entry[tenant_id],
+                )
+            )
+        invalidate_tenant(tenant_id)
+        transaction.on_commit(
+            partial(
+                _ledger_entry_committed,
+                tenant_id=tenant_id,
+                transaction_type=T.CREDIT_CONSUMPTION,
+                balance=running[tenant_id],
+                threshold=threshold,
+                alert_type=alert_type,
+                count=consumed[tenant_id],
+            )
+        )
+    CreditAlert.objects.bulk_create(alerts)
+    return results
 
 
 @transaction.atomic

@@ -13,6 +13,7 @@ class RequestIdFilter(logging.Filter):
         # returned and the context is reset; those records carry the request itself.
         request = getattr(record, "request", None)
         record.request_id = getattr(request, "request_id", None) or request_id_var.get()
-        record.tenant_id = tenant_id_var.get()
+        # A line about a specific tenant (extra={"tenant_id": …}) keeps it; others get the context's.
+        record.tenant_id = getattr(record, "tenant_id", None) or tenant_id_var.get()
         record.user_id = user_id_var.get()
         return True

@@ -4,7 +4,8 @@ Each area mounts its own URL module here (the root URLconf is the one place allo
 - /api/            kernel: auth/token, health/live, schema/, docs/ (converzia.api.urls)
 - /api/portal/     tenant endpoints (portal.api.urls)
 - /api/webhooks/   Meta lead notifications (leads.api.urls)
-Later: /api/health (readiness), /api/ops/, /api/admin/, /metrics.
+- /api/ops/        staff operations on lead_offers (deliveries.api.urls)
+Later: /api/health (readiness), /api/admin/, /metrics.
 """
 
 from django.contrib import admin
@@ -17,6 +18,7 @@ urlpatterns = [
     path("api/", include("converzia.api.urls")),
     path("api/portal/", include("portal.api.urls")),
     path("api/webhooks/", include("leads.api.urls")),
+    path("api/ops/", include("deliveries.api.urls")),
     # Must stay last: unknown /api/ paths get the JSON error shape even with DEBUG on, and never an
     # APPEND_SLASH redirect (a redirected POST loses its body).
     re_path(r"^api/", api_not_found),

@@ -2,12 +2,20 @@
 
 Deliveries and attempts are written by the delivery worker under the state machine (a trigger
 enforces it), so both are view-only here; a destination's secret is never displayed, only its hint.
+Staff move a delivery only through the actions, which call `deliveries.services`: retry (dead
+letters and failed deliveries) and refund (with a reason). The actions need the model's change
+permission (superusers have it), even though the page itself stays read-only.
 """
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.db.models import Q
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from converzia.admin_tools import (
     ExactSearchMixin,
@@ -16,11 +24,15 @@ from converzia.admin_tools import (
     TenantFilter,
     ViewOnlyInlineMixin,
     ViewOnlyMixin,
+    action_objects,
     admin_change_link,
     any_of,
     as_uuid,
+    form_action,
+    run_for_each,
 )
 from deliveries.models import Delivery, DeliveryAttempt, DeliveryDestination
+from deliveries.services import delivery_refund, delivery_retry
 from leads.admin import lead_offer_ids_for_phone
 from leads.models import LeadOffer
 
@@ -81,6 +93,25 @@ class DeliveryAttemptInline(ViewOnlyInlineMixin, admin.TabularInline):
     ordering = ("attempt_number",)
 
 
+class DeliveryRefundForm(forms.Form):
+    # CharField strips whitespace first, so a blank reason is refused too.
+    reason = forms.CharField(
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Stored on the refund ledger entry and in the lead's billing notes.",
+    )
+
+
+def _report(modeladmin: admin.ModelAdmin, request: HttpRequest, *, done: int, failed: int, verb: str) -> None:
+    """One summary line after the per-row error messages that `run_for_each` already wrote."""
+    if done:
+        modeladmin.message_user(request, f"{verb} {done} delivery(ies).", messages.SUCCESS)
+    if failed:
+        modeladmin.message_user(
+            request, f"{failed} delivery(ies) could not be {verb.lower()} (see above).", messages.WARNING
+        )
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
     list_display = (
@@ -105,10 +136,85 @@ class DeliveryAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
     # idx_deliveries_tenant_status_created / idx_deliveries_status_created.
     indexed_orderings = ((("status__exact",), ("-created_at",)),)
     inlines = (DeliveryAttemptInline,)
+    actions = ("retry_deliveries", "refund_deliveries")
+    # View-only: every field is read-only; grouped so the state machine's bookkeeping is visible.
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "tenant",
+                    "offer",
+                    "lead_offer_link",
+                    "destination",
+                    "status",
+                    "blocked_reason",
+                    "no_charge_reason",
+                    "trace_id",
+                )
+            },
+        ),
+        (
+            "Attempts",
+            {
+                "fields": (
+                    "attempt_count",
+                    "attempt_budget_start",
+                    "next_attempt_at",
+                    "last_attempt_at",
+                    "claimed_until",
+                    "error_message",
+                )
+            },
+        ),
+        ("Outcome", {"fields": ("delivered_at", "refunded_at", "dead_letter_at", "dead_letter_reason")}),
+        ("Payload", {"fields": ("payload",), "classes": ("collapse",)}),
+        (None, {"fields": ("created_at", "updated_at")}),
+    )
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 
     @admin.display(description="id")
     def short_id(self, obj: Delivery) -> str:
         return str(obj.pk)[:8]
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """The actions move money and deliveries: they need the change permission the page hides."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+
+    @admin.action(description="Retry (dead letters and failed)", permissions=("operate",))
+    def retry_deliveries(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        objects = action_objects(self, request, queryset)
+        if objects is None:
+            return
+        done = run_for_each(
+            self, request, objects, lambda delivery: delivery_retry(delivery=delivery, actor=request.user)
+        )
+        _report(self, request, done=len(done), failed=len(objects) - len(done), verb="Retried")
+
+    @admin.action(description="Refund credit…", permissions=("operate",))
+    def refund_deliveries(
+        self, request: HttpRequest, queryset: QuerySet[Delivery]
+    ) -> TemplateResponse | None:
+        def apply(request: HttpRequest, objects: list[Delivery], data: dict[str, Any]) -> None:
+            def refund(delivery: Delivery) -> Any:
+                return delivery_refund(delivery=delivery, reason=data["reason"], actor=request.user)
+
+            done = run_for_each(self, request, objects, refund)
+            _report(self, request, done=len(done), failed=len(objects) - len(done), verb="Refunded")
+
+        return form_action(
+            self,
+            request,
+            queryset,
+            form_class=DeliveryRefundForm,
+            title="Refund credits",
+            intro="Each delivered delivery gets its credit back (a CREDIT_REFUND ledger entry) and "
+            "becomes REFUNDED; the lead's billing goes back to PENDING.",
+            submit_label="Refund",
+            apply=apply,
+        )
 
     @admin.display(description="lead offer")
     def lead_offer_link(self, obj: Delivery) -> str:

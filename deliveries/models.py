@@ -132,7 +132,7 @@ class Delivery(TimestampedModel):
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     # The attempt limit counts from here: a staff retry of a dead letter grants a fresh set of attempts
     # while attempt numbers keep growing (they are unique per delivery).
-    attempt_budget_start = models.PositiveSmallIntegerField(default=0)
+    attempt_budget_start = models.PositiveSmallIntegerField(default=0, db_default=0)
     # Set while a dispatcher is sending it (a lease): not claimed again before then, and resent after
     # then if that dispatcher died mid-send.
     claimed_until = models.DateTimeField(null=True, blank=True)

@@ -71,7 +71,9 @@ class OutboundResult:
 # --- Signing ------------------------------------------------------------------------------------
 
 
-def signed_headers(*, secret: str, message_id: str, body: bytes, sent_at: datetime | None = None) -> dict[str, str]:
+def signed_headers(
+    *, secret: str, message_id: str, body: bytes, sent_at: datetime | None = None
+) -> dict[str, str]:
     """The Standard Webhooks headers for one send of `body` (the id stays the same across retries)."""
     sent_at = sent_at or datetime.now(UTC)
     signature = Webhook(secret).sign(message_id, sent_at, body.decode())
@@ -283,10 +285,14 @@ class _Sender:
             result.duration_ms = round((time.perf_counter() - started) * 1000)
         return result
 
-    async def _send_all(self, requests: Sequence[OutboundRequest], allow_private: bool) -> list[OutboundResult]:
+    async def _send_all(
+        self, requests: Sequence[OutboundRequest], allow_private: bool
+    ) -> list[OutboundResult]:
         return list(await asyncio.gather(*(self._send_one(r, allow_private) for r in requests)))
 
-    def send(self, requests: Iterable[OutboundRequest], *, allow_private: bool | None = None) -> list[OutboundResult]:
+    def send(
+        self, requests: Iterable[OutboundRequest], *, allow_private: bool | None = None
+    ) -> list[OutboundResult]:
         """Send every request concurrently; blocks the calling thread until all have an outcome."""
         requests = list(requests)
         if not requests:

@@ -6,17 +6,24 @@ import logging
 
 from procrastinate.contrib.django import app
 
-from converzia.jobs import QUEUE_DELIVERIES, QUEUE_MAINTENANCE, backoff, db_job
+from converzia.jobs import QUEUE_DELIVERIES, QUEUE_MAINTENANCE, db_job
 from deliveries.services.dispatch import deliveries_dispatch, deliveries_due_exist, dispatcher_wake
 
 logger = logging.getLogger(__name__)
 
 
-@app.task(name="deliveries.dispatch", queue=QUEUE_DELIVERIES, retry=backoff(max_attempts=5))
+# No procrastinate retry: a failed run leaves its deliveries due (or leased, then due), and the
+# sweep below wakes a new dispatcher within seconds. (A retry would also collide with the queueing
+# lock of a dispatcher queued meanwhile.)
+@app.task(name="deliveries.dispatch", queue=QUEUE_DELIVERIES)
 @db_job
 def dispatch_deliveries() -> int:
     """One dispatcher run; returns how many deliveries it delivered."""
-    report = deliveries_dispatch()
+    try:
+        report = deliveries_dispatch()
+    except Exception:
+        logger.exception("dispatcher run failed")
+        raise
     if report.batches:
         logger.info("dispatcher run", extra={"batches": report.batches, **report.outcomes})
     return report.outcomes["delivered"]

@@ -6,17 +6,20 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from billing.models import (
     BillingOrder,
     BillingOrderStatus,
+    CreditAlert,
     CreditLedger,
     CreditTransactionType,
     TenantCreditBalance,
     TenantPricing,
 )
-from billing.services import credit_bonus_grant, trial_credits_grant
+from billing.services import credit_adjust, credit_bonus_grant, trial_credits_grant
 from billing.tests.factories import BillingOrderFactory
 from converzia.models import MembershipStatus, Tenant, TenantMember, TenantRole, TenantStatus
 from converzia.tests.factories import TenantFactory, TenantMemberFactory
@@ -381,3 +384,51 @@ def test_tenant_list_shows_the_balance(admin_client, funded_tenant):
     assert response.status_code == 200
     row = next(r for r in response.context["cl"].result_list if r.pk == funded_tenant.pk)
     assert row.credit_balance.balance == 10
+
+
+# --- Low-credit alerts (view-only) ------------------------------------------------------------------
+
+ALERTS = reverse("admin:billing_creditalert_changelist")
+
+
+def test_alert_admin_lists_alerts_and_refuses_add_change_and_delete(admin_client, admin_user):
+    tenant, other = TenantFactory(name="Low"), TenantFactory(name="Other")
+    for each in (tenant, other):
+        credit_bonus_grant(tenant=each, amount=10, reason="x", actor=admin_user)
+        credit_adjust(tenant=each, amount=-10, reason="empty", actor=admin_user)
+    alert = CreditAlert.objects.get(tenant=tenant)
+    change_url = reverse("admin:billing_creditalert_change", args=[alert.pk])
+
+    listing = admin_client.get(ALERTS)
+    filtered = admin_client.get(ALERTS, {"tenant": str(tenant.pk)})
+    add = admin_client.get(reverse("admin:billing_creditalert_add"))
+    page = admin_client.get(change_url)
+    change = admin_client.post(change_url, {"balance": "999"})
+    delete = admin_client.post(reverse("admin:billing_creditalert_delete", args=[alert.pk]), {"post": "yes"})
+
+    assert listing.status_code == 200
+    assert {row.tenant_id for row in listing.context["cl"].result_list} == {tenant.pk, other.pk}
+    assert [row.pk for row in filtered.context["cl"].result_list] == [alert.pk]
+    assert (add.status_code, change.status_code, delete.status_code) == (403, 403, 403)
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert CreditAlert.objects.get(pk=alert.pk).balance == 0
+
+
+def test_alert_list_query_count_does_not_grow_with_alerts(admin_client, admin_user):
+    def page_queries() -> int:
+        with CaptureQueriesContext(connection) as context:
+            assert admin_client.get(ALERTS).status_code == 200
+        return len(context.captured_queries)
+
+    tenant = TenantFactory()
+    credit_bonus_grant(tenant=tenant, amount=10, reason="x", actor=admin_user)
+    credit_adjust(tenant=tenant, amount=-10, reason="empty", actor=admin_user)
+    with_one = page_queries()
+    for _ in range(5):
+        each = TenantFactory()
+        credit_bonus_grant(tenant=each, amount=10, reason="x", actor=admin_user)
+        credit_adjust(tenant=each, amount=-10, reason="empty", actor=admin_user)
+
+    # No query per row: the tenant is joined (list_select_related), the entry link is built from its id.
+    assert page_queries() == with_one

@@ -34,6 +34,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "`unauthenticated`: no, invalid, expired or revoked credentials.",
     403: "`forbidden`: not allowed to do this.",
     404: "`not_found`: missing, or belongs to another tenant (the two are indistinguishable).",
+    409: "`conflict`, `invalid_transition` or `insufficient_credits`: the current state does not allow it.",
     429: "`rate_limited`, with `Retry-After`.",
     500: "`internal_error`.",
     503: "`query_timeout` or `unavailable`, with `Retry-After`.",

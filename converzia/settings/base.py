@@ -208,6 +208,8 @@ SPECTACULAR_SETTINGS = {
         "OfferStatusEnum": "leads.models.OfferStatus",
         "OfferApprovalStatusEnum": "leads.models.OfferApprovalStatus",
         "ErrorCodeEnum": "converzia.api.schema.error_code_choices",
+        "LeadOfferStatusEnum": "leads.models.LeadOfferStatus",
+        "DeliveryStatusEnum": "deliveries.models.DeliveryStatus",
     },
 }
 

@@ -235,11 +235,14 @@ SPEC: dict[str, Expected] = {
         "platform_costs", ("tenant_id", "platform", "ad_id", "date_start", "date_end"), is_unique=True
     ),
     "idx_platform_costs_date": Expected("platform_costs", ("date_start", "date_end")),
+    "idx_credit_alerts_tenant_created": Expected("credit_alerts", ("tenant_id", "created_at DESC")),
+    "credit_alerts_ledger_entry_id_key": Expected("credit_alerts", ("ledger_entry_id",), is_unique=True),
     # -- deliveries
     "idx_deliveries_tenant_status_created": Expected(
         "deliveries", ("tenant_id", "status", "created_at DESC")
     ),
     "idx_deliveries_due": Expected("deliveries", ("next_attempt_at",), predicate=("'PENDING'", "'FAILED'")),
+    "idx_deliveries_in_flight": Expected("deliveries", ("tenant_id",), predicate=("claimed_until",)),
     "deliveries_lead_offer_id_key": Expected("deliveries", ("lead_offer_id",), is_unique=True),
     "delivery_destinations_tenant_type_uniq": Expected(
         "delivery_destinations", ("tenant_id", "destination_type"), is_unique=True
@@ -276,6 +279,7 @@ SPEC_MODELS = (
     "billing.CreditLedger",
     "billing.TenantCreditBalance",
     "billing.PlatformCost",
+    "billing.CreditAlert",
     "deliveries.DeliveryDestination",
     "deliveries.Delivery",
     "deliveries.DeliveryAttempt",

@@ -15,7 +15,7 @@ from billing.services import credit_bonus_grant
 from converzia.models import Tenant, TenantStatus
 from deliveries.models import Delivery, DeliveryDestination, DeliveryStatus
 from deliveries.services.lifecycle import delivery_payload_build
-from leads.models import Lead, LeadOffer, LeadOfferStatus, Offer, OfferStatus
+from leads.models import Lead, LeadOffer, Offer, OfferStatus
 
 TENANT_SLUG_PREFIX = "measure-deliveries-"
 
@@ -53,8 +53,10 @@ def lead_offers_create(*, tenants: list[Tenant], count: int, status: str) -> lis
     """`count` new people, each with a lead_offer in `status`, spread round-robin over `tenants`."""
     offers = {o.tenant_id: o for o in Offer.objects.filter(tenant__in=tenants, slug="measure")}
     leads = Lead.objects.bulk_create(
-        [Lead(phone=phone, full_name=f"Measure {phone[-6:]}", email=f"m{phone[-8:]}@example.com")
-         for phone in _next_phone_numbers(count)]
+        [
+            Lead(phone=phone, full_name=f"Measure {phone[-6:]}", email=f"m{phone[-8:]}@example.com")
+            for phone in _next_phone_numbers(count)
+        ]
     )
     lead_offers = [
         LeadOffer(
@@ -107,9 +109,14 @@ def wait_delivered(*, delivery_ids: list[uuid.UUID], timeout_s: float, poll_s: f
             break
         time.sleep(poll_s)
     statuses = dict(rows.values("status").annotate(n=Count("pk")).values_list("status", "n"))
-    delivered_at = {str(pk): ts.timestamp() for pk, ts in rows.filter(delivered_at__isnull=False).values_list("pk", "delivered_at")}
+    delivered_at = {
+        str(pk): ts.timestamp()
+        for pk, ts in rows.filter(delivered_at__isnull=False).values_list("pk", "delivered_at")
+    }
     charges = (
-        CreditLedger.objects.filter(delivery_id__in=delivery_ids, transaction_type=CreditTransactionType.CREDIT_CONSUMPTION)
+        CreditLedger.objects.filter(
+            delivery_id__in=delivery_ids, transaction_type=CreditTransactionType.CREDIT_CONSUMPTION
+        )
         .values("delivery_id")
         .annotate(n=Count("pk"))
     )

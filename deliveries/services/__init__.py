@@ -5,6 +5,12 @@
 - `destinations`: the tenant's webhook destination (configure, rotate the secret, test).
 """
 
+from deliveries.services.destinations import (
+    DestinationTestResult,
+    destination_configure,
+    destination_secret_rotate,
+    destination_test_send,
+)
 from deliveries.services.dispatch import (
     deliveries_claim,
     deliveries_dispatch,
@@ -26,6 +32,10 @@ from deliveries.services.lifecycle import (
 )
 
 __all__ = [
+    "DestinationTestResult",
+    "destination_configure",
+    "destination_secret_rotate",
+    "destination_test_send",
     "SendRecord",
     "deliveries_claim",
     "deliveries_complete",

@@ -203,7 +203,9 @@ def deliveries_claim(*, limit: int) -> ClaimReport:
             next_attempt_at=lease_until,
             blocked_reason="",
             destination_id=Subquery(
-                DeliveryDestination.objects.filter(tenant_id=OuterRef("tenant_id"), is_active=True).values("pk")[:1]
+                DeliveryDestination.objects.filter(tenant_id=OuterRef("tenant_id"), is_active=True).values(
+                    "pk"
+                )[:1]
             ),
             updated_at=now,
         )
@@ -246,7 +248,11 @@ def _wait(deliveries: list[Delivery], reason: str, message: str) -> None:
     )
     logger.info(
         "deliveries waiting",
-        extra={"reason": reason, "count": len(deliveries), "tenant_ids": sorted({str(d.tenant_id) for d in deliveries})},
+        extra={
+            "reason": reason,
+            "count": len(deliveries),
+            "tenant_ids": sorted({str(d.tenant_id) for d in deliveries}),
+        },
     )
 
 
@@ -352,7 +358,9 @@ def deliveries_fail(outcomes: list[tuple[SendRecord, outbound.OutboundResult]]) 
                     "attempt": record.attempt_number,
                     "status_code": record.status_code,
                     "error": record.error[:300],
-                    "next_attempt_at": delivery.next_attempt_at.isoformat() if delivery.next_attempt_at else None,
+                    "next_attempt_at": delivery.next_attempt_at.isoformat()
+                    if delivery.next_attempt_at
+                    else None,
                 },
                 trace_id=trace_id,
                 created_at=now,
@@ -392,7 +400,9 @@ def deliveries_fail(outcomes: list[tuple[SendRecord, outbound.OutboundResult]]) 
             updated_at=now,
         )
         if disabled:
-            logger.warning("delivery destination disabled after 410", extra={"destinations": len(gone_destinations)})
+            logger.warning(
+                "delivery destination disabled after 410", extra={"destinations": len(gone_destinations)}
+            )
     for outcome, count in tally.items():
         if outcome != "stale":
             DELIVERIES.labels(outcome).inc(count)
@@ -405,7 +415,9 @@ class DispatchReport:
     outcomes: Tally[str] = field(default_factory=Tally)
 
 
-def deliveries_dispatch(*, time_budget_s: float | None = None, batch_size: int | None = None) -> DispatchReport:
+def deliveries_dispatch(
+    *, time_budget_s: float | None = None, batch_size: int | None = None
+) -> DispatchReport:
     """One dispatcher run (the job body): claim → send → settle until nothing is due or time is up."""
     batch_size = batch_size or settings.DELIVERY_BATCH_SIZE
     # Leave the lease room: a claimed batch must be settled long before its lease runs out.

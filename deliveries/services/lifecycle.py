@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from billing.errors import NotEnoughCredits
 from billing.models import CreditLedger
-from billing.services import credit_consume, credit_refund
+from billing.services import Charge, credit_consume_many, credit_refund
 from converzia.errors import Conflict, InvalidInput
 from converzia.metrics import DELIVERIES
 from converzia.models import User
@@ -195,7 +195,9 @@ def lead_offer_qualify(
     locked = LeadOffer.objects.select_for_update().select_related("tenant").get(pk=lead_offer.pk)
     if locked.status not in QUALIFIABLE:
         raise LeadOfferInvalidTransition(
-            locked.status, S.SCORED, sorted(s for s in allowed_targets(locked.status) if s in (S.SCORED, S.LEAD_READY))
+            locked.status,
+            S.SCORED,
+            sorted(s for s in allowed_targets(locked.status) if s in (S.SCORED, S.LEAD_READY)),
         )
     now = timezone.now()
     merged = {**(locked.qualification_fields or {}), **(qualification_fields or {})}
@@ -204,7 +206,9 @@ def lead_offer_qualify(
     if score_breakdown is not None:
         locked.score_breakdown = score_breakdown
     locked.scored_at = now
-    locked.save(update_fields=["qualification_fields", "score_total", "score_breakdown", "scored_at", "updated_at"])
+    locked.save(
+        update_fields=["qualification_fields", "score_total", "score_breakdown", "scored_at", "updated_at"]
+    )
     lead_event_record(
         lead_offer=locked,
         event_type=LeadEventType.SCORE_CALCULATED,
@@ -219,7 +223,9 @@ def lead_offer_qualify(
     ready = score_total >= locked.tenant.default_score_threshold
     target = S.LEAD_READY if ready else S.SCORED
     if locked.status == S.HUMAN_HANDOFF and target == S.SCORED:
-        locked = lead_offer_transition(lead_offer=locked, to_status=S.QUALIFYING, actor=actor, actor_type=ActorType.OPERATOR)
+        locked = lead_offer_transition(
+            lead_offer=locked, to_status=S.QUALIFYING, actor=actor, actor_type=ActorType.OPERATOR
+        )
     return lead_offer_advance(lead_offer=locked, to_status=target, actor=actor)
 
 
@@ -238,7 +244,14 @@ def _dead_letter(delivery: Delivery, *, reason: str) -> None:
     delivery.next_attempt_at = None
     delivery.claimed_until = None
     delivery.save(
-        update_fields=["status", "dead_letter_at", "dead_letter_reason", "next_attempt_at", "claimed_until", "updated_at"]
+        update_fields=[
+            "status",
+            "dead_letter_at",
+            "dead_letter_reason",
+            "next_attempt_at",
+            "claimed_until",
+            "updated_at",
+        ]
     )
     LeadEvent.objects.create(
         lead_id=delivery.lead_offer.lead_id,
@@ -306,12 +319,8 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
     if not records:
         return []
     by_id = {r.delivery_id: r for r in records}
-    deliveries = list(
-        Delivery.objects.select_for_update().filter(pk__in=list(by_id)).order_by("pk")
-    )
-    open_deliveries = [
-        d for d in deliveries if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED)
-    ]
+    deliveries = list(Delivery.objects.select_for_update().filter(pk__in=list(by_id)).order_by("pk"))
+    open_deliveries = [d for d in deliveries if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED)]
     open_ids = {d.pk for d in open_deliveries}
     lead_offers = {
         lo.pk: lo
@@ -326,30 +335,31 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
     events: list[LeadEvent] = []
     trace_id = current_trace_id()
     attempts = [
-        _attempt_row(by_id[d.pk], succeeded=True)
-        for d in deliveries
-        if by_id[d.pk].attempt_number > 0
+        _attempt_row(by_id[d.pk], succeeded=True) for d in deliveries if by_id[d.pk].attempt_number > 0
     ]
+    charged = credit_consume_many(
+        [
+            Charge(tenant_id=d.tenant_id, delivery_id=d.pk, lead_offer_id=d.lead_offer_id)
+            for d in open_deliveries
+            if is_chargeable(lead_offers[d.lead_offer_id].billing_eligibility)
+        ]
+    )
     for delivery in deliveries:
         if delivery.pk not in open_ids:
             completions.append(Completion(delivery.pk, False, False, None))
             continue
         lead_offer = lead_offers[delivery.lead_offer_id]
-        entry: CreditLedger | None = None
         no_charge = _NOT_CHARGED.get(lead_offer.billing_eligibility, "")
-        if not no_charge:
-            try:
-                entry = credit_consume(
-                    tenant_id=delivery.tenant_id, delivery_id=delivery.pk, lead_offer_id=lead_offer.pk
-                )
-            except NotEnoughCredits:
-                # The dispatcher reserves credits before sending, so only a concurrent staff
-                # adjustment lands here. The tenant has the lead; record it, uncharged, loudly.
-                no_charge = NoChargeReason.WAIVED
-                logger.error(
-                    "delivery completed without a credit to charge",
-                    extra={"delivery_id": str(delivery.pk), "tenant_id": str(delivery.tenant_id)},
-                )
+        outcome = charged.get(delivery.pk)
+        entry = outcome if isinstance(outcome, CreditLedger) else None
+        if isinstance(outcome, NotEnoughCredits):
+            # The dispatcher reserves credits before sending, so only a concurrent staff
+            # adjustment lands here. The tenant has the lead; record it, uncharged, loudly.
+            no_charge = NoChargeReason.WAIVED
+            logger.error(
+                "delivery completed without a credit to charge",
+                extra={"delivery_id": str(delivery.pk), "tenant_id": str(delivery.tenant_id)},
+            )
         delivery.status = DeliveryStatus.DELIVERED
         delivery.delivered_at = now
         delivery.next_attempt_at = None

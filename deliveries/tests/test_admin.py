@@ -26,23 +26,40 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.models import CreditLedger, PlatformCost, TenantCreditBalance, TenantPricing
-from billing.services import credit_consume, credit_purchase_record
+from billing.models import (
+    CreditAlert,
+    CreditLedger,
+    CreditTransactionType,
+    PlatformCost,
+    TenantCreditBalance,
+    TenantPricing,
+)
+from billing.services import credit_bonus_grant, credit_consume, credit_purchase_record
 from billing.tests.factories import PlatformCostFactory, TenantPricingFactory
 from converzia.admin_tools import TenantFilter
 from converzia.models import ApiToken, MembershipStatus, Tenant, TenantMember, TenantStatus, User
 from converzia.services import api_token_issue
-from converzia.tests.factories import TenantFactory, TenantMemberFactory
-from deliveries.models import Delivery, DeliveryAttempt, DeliveryDestination
+from converzia.tests.factories import StaffUserFactory, TenantFactory, TenantMemberFactory
+from converzia.tests.test_admin import messages_of, post_action
+from deliveries.models import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryBlockedReason,
+    DeliveryDestination,
+    DeliveryStatus,
+)
+from deliveries.services import SendRecord, deliveries_complete, lead_offer_qualify
 from deliveries.tests.factories import DeliveryAttemptFactory, DeliveryDestinationFactory, DeliveryFactory
 from leads.ingestion import inbox_event_store
 from leads.meta import LeadgenChange
 from leads.models import (
     AdOfferMap,
+    BillingEligibility,
     InboxChange,
     InboxEvent,
     Lead,
     LeadEvent,
+    LeadEventType,
     LeadOffer,
     LeadOfferStatus,
     LeadSource,
@@ -135,6 +152,8 @@ def one_of_each(admin_user) -> dict[type[Model], Model]:
         TenantPricing: pricing,
         # The purchase's order is created by the service above.
         CreditLedger: consumption,
+        # 10 → 9 crosses the default low-credit threshold (10): the consumption wrote this alert.
+        CreditAlert: CreditAlert.objects.get(ledger_entry=consumption),
         TenantCreditBalance: TenantCreditBalance.objects.get(tenant=tenant),
         PlatformCost: cost,
         DeliveryDestination: destination,
@@ -294,3 +313,163 @@ def test_delivery_search_by_lead_phone_and_by_lead_offer_id(admin_client, one_of
     assert [row.pk for row in by_phone.context["cl"].result_list] == [delivery.pk]
     assert [row.pk for row in by_lead_offer.context["cl"].result_list] == [delivery.pk]
     assert list(by_unknown.context["cl"].result_list) == []
+
+
+# --- Delivery actions: retry and refund through the services -------------------------------------------
+
+DELIVERIES = reverse("admin:deliveries_delivery_changelist")
+
+
+def delivered_and_charged() -> Delivery:
+    """A lead qualified to LEAD_READY, its delivery sent and settled: DELIVERED, one credit consumed."""
+    lead_offer = LeadOfferFactory(status=LeadOfferStatus.QUALIFYING)
+    credit_bonus_grant(tenant=lead_offer.tenant, amount=3, reason="test")
+    lead_offer_qualify(lead_offer=lead_offer, score_total=95)
+    delivery = Delivery.objects.get(lead_offer=lead_offer)
+    (completion,) = deliveries_complete(
+        [
+            SendRecord(
+                delivery_id=delivery.pk,
+                attempt_number=1,
+                destination_id=None,
+                url="http://127.0.0.1:9/hook",
+                status_code=200,
+                duration_ms=5,
+            )
+        ]
+    )
+    assert completion.charged
+    return Delivery.objects.get(pk=delivery.pk)
+
+
+def test_retry_action_makes_a_dead_letter_due_now(admin_client, admin_user):
+    delivery = DeliveryFactory(
+        status=DeliveryStatus.DEAD_LETTER,
+        attempt_count=8,
+        next_attempt_at=None,
+        dead_letter_at=timezone.now(),
+        dead_letter_reason="Gave up after 8 attempts.",
+    )
+
+    response = post_action(admin_client, DELIVERIES, "retry_deliveries", [delivery.pk])
+
+    assert response.status_code == 200
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.PENDING
+    assert delivery.next_attempt_at is not None and delivery.next_attempt_at <= timezone.now()
+    assert delivery.attempt_budget_start == 8
+    assert (delivery.dead_letter_at, delivery.dead_letter_reason) == (None, "")
+    assert messages_of(response) == ["Retried 1 delivery(ies)."]
+    event = LeadEvent.objects.get(lead_offer=delivery.lead_offer, event_type=LeadEventType.MANUAL_ACTION)
+    assert event.actor_id == admin_user.pk
+
+
+def test_retry_action_reports_each_refusal_and_counts_both(admin_client):
+    dead = DeliveryFactory(status=DeliveryStatus.DEAD_LETTER, next_attempt_at=None)
+    delivered = DeliveryFactory(delivered=True, next_attempt_at=None)
+
+    response = post_action(admin_client, DELIVERIES, "retry_deliveries", [dead.pk, delivered.pk])
+
+    assert Delivery.objects.get(pk=dead.pk).status == DeliveryStatus.PENDING
+    unchanged = Delivery.objects.get(pk=delivered.pk)
+    assert (unchanged.status, unchanged.next_attempt_at) == (DeliveryStatus.DELIVERED, None)
+    assert messages_of(response) == [
+        f"{unchanged}: Only a failed or dead-letter delivery can be retried.",
+        "Retried 1 delivery(ies).",
+        "1 delivery(ies) could not be retried (see above).",
+    ]
+
+
+def test_refund_action_asks_for_a_reason_then_refunds_the_credit(admin_client, admin_user):
+    delivery = delivered_and_charged()
+    balance = TenantCreditBalance.objects.get(tenant_id=delivery.tenant_id).balance
+
+    page = post_action(admin_client, DELIVERIES, "refund_deliveries", [delivery.pk])
+    blank = post_action(admin_client, DELIVERIES, "refund_deliveries", [delivery.pk], {"reason": "  "})
+    assert Delivery.objects.get(pk=delivery.pk).status == DeliveryStatus.DELIVERED
+    response = post_action(
+        admin_client, DELIVERIES, "refund_deliveries", [delivery.pk], {"reason": "Wrong phone number"}
+    )
+
+    assert page.status_code == 200
+    assert page.templates[0].name == "admin/converzia/action_form.html"
+    assert blank.status_code == 200
+    assert blank.context["form"].errors == {"reason": ["This field is required."]}
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.REFUNDED and delivery.refunded_at is not None
+    refund = CreditLedger.objects.get(delivery=delivery, transaction_type=CreditTransactionType.CREDIT_REFUND)
+    assert (refund.amount, refund.created_by_id) == (1, admin_user.pk)
+    assert TenantCreditBalance.objects.get(tenant_id=delivery.tenant_id).balance == balance + 1
+    lead_offer = LeadOffer.objects.get(pk=delivery.lead_offer_id)
+    assert lead_offer.billing_eligibility == BillingEligibility.PENDING
+    assert lead_offer.billing_notes == "Refunded: Wrong phone number"
+    assert messages_of(response) == ["Refunded 1 delivery(ies)."]
+
+
+def test_refund_action_refuses_an_undelivered_delivery(admin_client):
+    delivery = DeliveryFactory()
+
+    response = post_action(
+        admin_client, DELIVERIES, "refund_deliveries", [delivery.pk], {"reason": "why not"}
+    )
+
+    assert Delivery.objects.get(pk=delivery.pk).status == DeliveryStatus.PENDING
+    assert not CreditLedger.objects.filter(delivery=delivery).exists()
+    assert messages_of(response) == [
+        f"{delivery}: Only a delivered (charged) delivery can be refunded.",
+        "1 delivery(ies) could not be refunded (see above).",
+    ]
+
+
+def test_delivery_actions_need_the_change_permission(client):
+    viewer = StaffUserFactory()
+    viewer.user_permissions.add(Permission.objects.get(codename="view_delivery"))
+    client.force_login(viewer)
+    delivery = DeliveryFactory(status=DeliveryStatus.DEAD_LETTER, next_attempt_at=None)
+
+    listing = client.get(DELIVERIES)
+    response = post_action(client, DELIVERIES, "retry_deliveries", [delivery.pk])
+
+    assert listing.status_code == 200
+    # No action is offered (nor delete: the page is view-only), so the posted one is not run.
+    assert listing.context["action_form"] is None
+    assert response.status_code == 200
+    assert Delivery.objects.get(pk=delivery.pk).status == DeliveryStatus.DEAD_LETTER
+
+
+def test_delivery_change_page_shows_the_state_machine_fields(admin_client):
+    delivery = DeliveryFactory(
+        status=DeliveryStatus.FAILED,
+        blocked_reason=DeliveryBlockedReason.INSUFFICIENT_CREDITS,
+        claimed_until=timezone.now(),
+        attempt_budget_start=3,
+        error_message="HTTP 503 from the receiver",
+    )
+    dead = DeliveryFactory(
+        status=DeliveryStatus.DEAD_LETTER,
+        dead_letter_at=timezone.now(),
+        dead_letter_reason="Gave up after 8.",
+    )
+
+    page = admin_client.get(admin_url(Delivery, "change", delivery.pk))
+    dead_page = admin_client.get(admin_url(Delivery, "change", dead.pk))
+    listing = admin_client.get(DELIVERIES)
+
+    assert page.status_code == 200
+    shown = {field for fieldset in page.context["adminform"] for line in fieldset for field in line.fields}
+    assert {
+        "blocked_reason",
+        "claimed_until",
+        "attempt_budget_start",
+        "dead_letter_reason",
+        "error_message",
+    } <= shown
+    html = page.content.decode()
+    assert "HTTP 503 from the receiver" in html
+    assert DeliveryBlockedReason.INSUFFICIENT_CREDITS.label in html
+    assert b'name="_save"' not in page.content
+    assert "Gave up after 8." in dead_page.content.decode()
+    assert listing.status_code == 200
+    assert {"retry_deliveries", "refund_deliveries"} <= {
+        name for name, _ in listing.context["action_form"].fields["action"].choices
+    }

@@ -105,7 +105,7 @@ def test_ready_lead_is_delivered_signed_and_charged_once(receiver):
     report = deliveries_dispatch()
 
     assert report.outcomes["delivered"] == 1
-    (headers, body), = receiver.requests
+    ((headers, body),) = receiver.requests
     secret = DeliveryDestination.objects.get(tenant=lead_offer.tenant).secret
     verified = Webhook(secret).verify(body, headers)
     assert verified["type"] == "lead.ready"
@@ -120,7 +120,10 @@ def test_ready_lead_is_delivered_signed_and_charged_once(receiver):
     assert lead_offer.status == LeadOfferStatus.SENT_TO_DEVELOPER
     assert lead_offer.billing_eligibility == BillingEligibility.CHARGEABLE
     consumption = CreditLedger.objects.get(delivery=delivery)
-    assert (consumption.transaction_type, consumption.amount) == (CreditTransactionType.CREDIT_CONSUMPTION, -1)
+    assert (consumption.transaction_type, consumption.amount) == (
+        CreditTransactionType.CREDIT_CONSUMPTION,
+        -1,
+    )
     assert balance_of(lead_offer.tenant) == 2
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert (attempt.attempt_number, attempt.status_code, attempt.succeeded) == (1, 200, True)
@@ -171,7 +174,9 @@ def test_server_error_retries_with_backoff_and_the_same_webhook_id(httpserver):
     assert 45 * 0.8 - 1 <= wait <= 45 * 1.2 + 1
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert (attempt.status_code, attempt.succeeded, attempt.response_excerpt) == (500, False, "nope")
-    assert LeadEvent.objects.filter(lead_offer=lead_offer, event_type=LeadEventType.DELIVERY_FAILED).count() == 1
+    assert (
+        LeadEvent.objects.filter(lead_offer=lead_offer, event_type=LeadEventType.DELIVERY_FAILED).count() == 1
+    )
     assert not CreditLedger.objects.filter(delivery=delivery).exists()
     # Not due yet: the next run sends nothing.
     deliveries_dispatch()
@@ -225,7 +230,9 @@ def test_gone_disables_the_destination_and_the_delivery_waits(httpserver):
     ready_lead(lead_offer.tenant)
     deliveries_dispatch()
     assert len(receiver.requests) == 1
-    assert Delivery.objects.filter(tenant=lead_offer.tenant, blocked_reason="NO_ACTIVE_DESTINATION").count() == 2
+    assert (
+        Delivery.objects.filter(tenant=lead_offer.tenant, blocked_reason="NO_ACTIVE_DESTINATION").count() == 2
+    )
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -252,7 +259,9 @@ def test_dead_letter_after_the_attempt_limit_then_staff_retry(httpserver, settin
     assert delivery.status == DeliveryStatus.DEAD_LETTER
     assert "Gave up after 3 attempts" in delivery.dead_letter_reason
     assert delivery.next_attempt_at is None
-    assert LeadEvent.objects.filter(lead_offer=lead_offer, event_type=LeadEventType.DELIVERY_DEAD_LETTER).exists()
+    assert LeadEvent.objects.filter(
+        lead_offer=lead_offer, event_type=LeadEventType.DELIVERY_DEAD_LETTER
+    ).exists()
     assert delivery.attempts.count() == 3
     assert balance_of(lead_offer.tenant) == 5
 
@@ -321,7 +330,9 @@ def test_concurrent_sends_never_exceed_the_balance(receiver):
 
 def test_leaving_lead_ready_cancels_the_waiting_delivery(receiver, staff_user):
     lead_offer = ready_lead(destination_url=receiver.url)
-    lead_offer_advance(lead_offer=lead_offer, to_status=LeadOfferStatus.DISQUALIFIED, actor=staff_user, reason="fake")
+    lead_offer_advance(
+        lead_offer=lead_offer, to_status=LeadOfferStatus.DISQUALIFIED, actor=staff_user, reason="fake"
+    )
     delivery = Delivery.objects.get(lead_offer=lead_offer)
     assert delivery.status == DeliveryStatus.DEAD_LETTER
     assert "DISQUALIFIED" in delivery.dead_letter_reason
@@ -406,4 +417,7 @@ def test_two_hundred_concurrent_completions_charge_once(receiver):
     assert len(outcomes) == 200 and outcomes.count(True) == 1
     assert CreditLedger.objects.filter(delivery=delivery, transaction_type="CREDIT_CONSUMPTION").count() == 1
     assert balance_of(lead_offer.tenant) == 9
-    assert LeadEvent.objects.filter(lead_offer=lead_offer, event_type=LeadEventType.DELIVERY_COMPLETED).count() == 1
+    assert (
+        LeadEvent.objects.filter(lead_offer=lead_offer, event_type=LeadEventType.DELIVERY_COMPLETED).count()
+        == 1
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from portal.api.billing import billing_balance_view, billing_ledger_view
+from portal.api.destination import destination_rotate_secret_view, destination_test_view, destination_view
 from portal.api.views import OfferViewSet
 
 router = SimpleRouter(trailing_slash=False, use_regex_path=False)
@@ -11,4 +14,13 @@ router.register("offers", OfferViewSet, basename="portal-offers")
 
 urlpatterns = [
     *router.urls,
+    path("billing/balance", billing_balance_view, name="portal-billing-balance"),
+    path("billing/ledger", billing_ledger_view, name="portal-billing-ledger"),
+    path("delivery-destination", destination_view, name="portal-delivery-destination"),
+    path(
+        "delivery-destination/rotate-secret",
+        destination_rotate_secret_view,
+        name="portal-delivery-destination-rotate-secret",
+    ),
+    path("delivery-destination/test", destination_test_view, name="portal-delivery-destination-test"),
 ]

@@ -55,7 +55,7 @@ BULK_TABLES = [
 ]
 # Not loaded, but they reference bulk tables, so TRUNCATE (which COPY FREEZE needs) must include them;
 # the seeder only runs on a database without tenants or leads, where they are empty too.
-REFERENCING_TABLES = ["webhook_inbox_changes"]
+REFERENCING_TABLES = ["webhook_inbox_changes", "credit_alerts"]
 ANALYZE_TABLES = [
     "users",
     "api_tokens",

@@ -1,0 +1,57 @@
+"""Reads of the billing domain: a tenant's balance summary and its ledger, newest first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import QuerySet
+
+from billing.models import CreditLedger, TenantCreditBalance, TenantPricing
+from converzia.models import Tenant
+
+_BALANCE_FIELDS = ("balance", "total_purchased", "total_consumed", "total_refunded")
+_PRICING_FIELDS = ("low_credit_threshold", "cost_per_lead", "currency")
+
+
+@dataclass(frozen=True)
+class BalanceSummary:
+    balance: int
+    low_credit_threshold: int
+    total_purchased: int
+    total_consumed: int
+    total_refunded: int
+    cost_per_lead: Decimal
+    currency: str
+
+
+def _pricing_defaults() -> dict[str, object]:
+    fields = TenantPricing._meta
+    return {name: fields.get_field(name).get_default() for name in _PRICING_FIELDS}
+
+
+def balance_summary_get(*, tenant: Tenant) -> BalanceSummary:
+    """The tenant's balance and running totals with its pricing, in two primary-key lookups.
+
+    A tenant with no ledger entry yet reads 0 everywhere; one with no pricing row reads the model
+    defaults (threshold 10, 10.00 USD per lead), exactly what the ledger services assume.
+    """
+    balance = TenantCreditBalance.objects.for_tenant(tenant).values(*_BALANCE_FIELDS).first()
+    pricing = TenantPricing.objects.for_tenant(tenant).values(*_PRICING_FIELDS).first()
+    return BalanceSummary(
+        **(balance or dict.fromkeys(_BALANCE_FIELDS, 0)),
+        **(pricing or _pricing_defaults()),
+    )
+
+
+def ledger_list(*, tenant: Tenant, transaction_types: Iterable[str] | None = None) -> QuerySet[CreditLedger]:
+    """The tenant's ledger entries, newest first, optionally of some transaction types only.
+
+    The order `(-created_at, -id)` is exactly idx_credit_ledger_tenant_created, so a page is an index
+    range scan with no sort, however long the ledger.
+    """
+    entries = CreditLedger.objects.for_tenant(tenant)
+    if transaction_types is not None:
+        entries = entries.filter(transaction_type__in=list(transaction_types))
+    return entries.order_by("-created_at", "-id")
