@@ -19,3 +19,16 @@ class AuthTokenRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request: Request, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class DeliveryTestRateThrottle(SimpleRateThrottle):
+    """`POST /api/portal/delivery-destination/test` per tenant: each test holds a web worker for up to
+    DELIVERY_TIMEOUT_S while the receiver answers, so a loop of tests must not tie up the server.
+
+    The rate is `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["delivery_test"]`.
+    """
+
+    scope = "delivery_test"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": str(view.tenant.pk)}

@@ -188,7 +188,10 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "converzia.api.exception_handler.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
-    "DEFAULT_THROTTLE_RATES": {"auth_token": env.str("AUTH_TOKEN_THROTTLE_RATE", default="10/minute")},
+    "DEFAULT_THROTTLE_RATES": {
+        "auth_token": env.str("AUTH_TOKEN_THROTTLE_RATE", default="10/minute"),
+        "delivery_test": env.str("DELIVERY_TEST_THROTTLE_RATE", default="6/minute"),
+    },
     # Proxies in front of the app that append to X-Forwarded-For (0: trust only REMOTE_ADDR), so a
     # client cannot pick its own throttling identity.
     "NUM_PROXIES": env.int("NUM_PROXIES", default=0),

@@ -19,7 +19,7 @@ from django.utils import timezone
 from billing.errors import NotEnoughCredits
 from billing.models import CreditLedger
 from billing.services import Charge, credit_consume_many, credit_refund
-from converzia.errors import Conflict, InvalidInput
+from converzia.errors import Conflict, InvalidInput, InvalidTransition
 from converzia.metrics import DELIVERIES
 from converzia.models import User
 from converzia.request_context import current_trace_id
@@ -57,6 +57,11 @@ _NOT_CHARGED = {
 QUALIFIABLE = frozenset({S.QUALIFYING, S.HUMAN_HANDOFF, S.SCORED})
 # Set only by a successful delivery, never by hand: that is where the credit is charged.
 DELIVERY_ONLY_TARGETS = frozenset({S.SENT_TO_DEVELOPER})
+
+
+def _actor_type(actor: User | None) -> str:
+    """Staff act as ADMIN (as in `lead_offer_transition`); anyone else through the ops API as OPERATOR."""
+    return ActorType.ADMIN if actor is not None and actor.is_staff else ActorType.OPERATOR
 
 
 def is_chargeable(billing_eligibility: str) -> bool:
@@ -194,11 +199,7 @@ def lead_offer_qualify(
         raise InvalidInput("The score must be between 0 and 100.", details={"score_total": ["0–100."]})
     locked = LeadOffer.objects.select_for_update().select_related("tenant").get(pk=lead_offer.pk)
     if locked.status not in QUALIFIABLE:
-        raise LeadOfferInvalidTransition(
-            locked.status,
-            S.SCORED,
-            sorted(s for s in allowed_targets(locked.status) if s in (S.SCORED, S.LEAD_READY)),
-        )
+        raise LeadOfferNotQualifiable(locked.status)
     now = timezone.now()
     merged = {**(locked.qualification_fields or {}), **(qualification_fields or {})}
     locked.qualification_fields = merged
@@ -217,7 +218,7 @@ def lead_offer_qualify(
             "threshold": locked.tenant.default_score_threshold,
             "fields_updated": sorted((qualification_fields or {}).keys()),
         },
-        actor_type=ActorType.OPERATOR,
+        actor_type=_actor_type(actor),
         actor_id=actor.pk if actor else None,
     )
     ready = score_total >= locked.tenant.default_score_threshold
@@ -227,6 +228,15 @@ def lead_offer_qualify(
             lead_offer=locked, to_status=S.QUALIFYING, actor=actor, actor_type=ActorType.OPERATOR
         )
     return lead_offer_advance(lead_offer=locked, to_status=target, actor=actor)
+
+
+class LeadOfferNotQualifiable(InvalidTransition):
+    def __init__(self, status: str) -> None:
+        qualifiable = [s for s in S.values if s in QUALIFIABLE]
+        super().__init__(
+            f"A {status} lead cannot be qualified; qualification applies to {', '.join(qualifiable)} leads.",
+            details={"from": status, "qualifiable_from": qualifiable, "allowed": allowed_targets(status)},
+        )
 
 
 def _delivery_cancel_for(*, lead_offer: LeadOffer, reason: str) -> None:

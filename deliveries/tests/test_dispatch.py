@@ -39,6 +39,7 @@ from deliveries.services.lifecycle import DeliveryNotRefundable, backoff_delay_s
 from deliveries.tests.factories import DeliveryDestinationFactory
 from leads.models import BillingEligibility, LeadEvent, LeadEventType, LeadOfferStatus
 from leads.tests.factories import LeadOfferFactory
+from leads.tests.test_worker import clear_queue
 
 pytestmark = pytest.mark.django_db
 
@@ -409,10 +410,14 @@ def test_two_hundred_concurrent_completions_charge_once(receiver):
             connection.close()
 
     threads = [threading.Thread(target=complete) for _ in range(40)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        # The committed dispatcher job would outlive the test (procrastinate's tables are not flushed).
+        clear_queue()
     assert errors == []
     assert len(outcomes) == 200 and outcomes.count(True) == 1
     assert CreditLedger.objects.filter(delivery=delivery, transaction_type="CREDIT_CONSUMPTION").count() == 1

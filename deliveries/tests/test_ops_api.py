@@ -21,6 +21,7 @@ from deliveries.tests.factories import DeliveryFactory
 from deliveries.tests.test_dispatch import dispatcher_jobs
 from leads.models import ActorType, LeadEvent, LeadEventType, LeadOffer, LeadOfferStatus
 from leads.tests.factories import LeadOfferFactory
+from leads.transitions import allowed_targets
 
 pytestmark = pytest.mark.django_db
 
@@ -492,7 +493,9 @@ def test_qualification_of_a_lead_in_another_status_is_409(staff_client, status):
     response = staff_client.post(qualification_url(lead_offer.pk), {"score_total": 95}, format="json")
 
     details = assert_error(response, 409, "invalid_transition")
-    assert (details["from"], details["to"]) == (status, "SCORED")
+    assert details["from"] == status
+    assert details["qualifiable_from"] == ["QUALIFYING", "SCORED", "HUMAN_HANDOFF"]
+    assert details["allowed"] == allowed_targets(status)
     stored = LeadOffer.objects.get(pk=lead_offer.pk)
     assert (stored.status, stored.score_total) == (status, None)
     assert not LeadEvent.objects.filter(lead_offer=lead_offer).exists()

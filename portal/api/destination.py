@@ -25,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from converzia.api.base import TenantViewSet
+from converzia.api.throttling import DeliveryTestRateThrottle
 from converzia.tenancy import Permission
 from deliveries.models import DeliveryDestination
 from deliveries.selectors import destination_get_for_tenant
@@ -71,8 +72,18 @@ class DeliveryDestinationViewSet(TenantViewSet):
 
     @property
     def schema_error_statuses(self) -> tuple[int, ...]:
-        # Only these need an existing destination (409 `conflict` without one).
-        return (409,) if getattr(self, "action", None) in {"rotate_secret", "test"} else ()
+        # Only these need an existing destination (409 `conflict` without one); tests are rate limited.
+        action = getattr(self, "action", None)
+        if action == "test":
+            return (409, 429)
+        return (409,) if action == "rotate_secret" else ()
+
+    def get_throttles(self) -> list[Any]:
+        # The test throttle counts per tenant, which is resolved only after DRF's own throttle check
+        # in `initial`; `test` runs the check again once the tenant (and the role) are known.
+        if getattr(self, "action", None) == "test" and hasattr(self, "tenant_context"):
+            return [DeliveryTestRateThrottle()]
+        return super().get_throttles()
 
     class InputSerializer(serializers.Serializer):
         url = serializers.CharField(
@@ -178,6 +189,7 @@ class DeliveryDestinationViewSet(TenantViewSet):
         tags=["portal"],
     )
     def test(self, request: Request) -> Response:
+        self.check_throttles(request)
         result = destination_test_send(tenant=self.tenant)
         return Response(self.TestResultSerializer(result).data)
 

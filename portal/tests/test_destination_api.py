@@ -10,6 +10,7 @@ from pytest_httpserver import HTTPServer
 from rest_framework.test import APIClient
 from standardwebhooks import Webhook
 
+from converzia.api.throttling import DeliveryTestRateThrottle
 from converzia.models import MembershipStatus, TenantRole
 from converzia.tests.factories import TenantMemberFactory
 from deliveries.models import DeliveryDestination
@@ -285,6 +286,26 @@ def test_test_sends_a_signed_event_and_reports_it(tenant, owner, client_for, rec
     assert payload["data"]["tenant_id"] == str(tenant.pk)
 
 
+def test_tests_are_rate_limited_per_tenant(
+    tenant, other_tenant, owner, make_member, client_for, receiver, monkeypatch
+):
+    monkeypatch.setattr(DeliveryTestRateThrottle, "THROTTLE_RATES", {"delivery_test": "2/minute"})
+    receiver.expect_request("/hook", method="POST").respond_with_data("ok")
+    DeliveryDestinationFactory(tenant=tenant, url=receiver.url_for("/hook"))
+    DeliveryDestinationFactory(tenant=other_tenant, url=receiver.url_for("/hook"))
+    client = client_for(owner)
+
+    assert [client.post(TEST_URL).status_code for _ in range(2)] == [200, 200]
+    throttled = client.post(TEST_URL)
+
+    assert throttled.status_code == 429
+    assert throttled.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(throttled["Retry-After"]) <= 60
+    assert len(receiver.log) == 2, "a throttled test sends nothing"
+    # Another tenant has its own allowance.
+    assert client_for(make_member(other_tenant, "OWNER")).post(TEST_URL).status_code == 200
+
+
 def test_test_answers_200_whatever_the_receiver_said(tenant, owner, client_for, receiver):
     receiver.expect_request("/hook").respond_with_data("no", status=503)
     DeliveryDestinationFactory(tenant=tenant, url=receiver.url_for("/hook"))
@@ -451,7 +472,7 @@ def test_the_schema_documents_the_destination_routes():
     assert sorted(paths[URL]["get"]["responses"]) == ["200", "400", "401", "403", "500"]
     assert sorted(paths[URL]["put"]["responses"]) == ["200", "201", "400", "401", "403", "500"]
     assert sorted(paths[ROTATE_URL]["post"]["responses"]) == ["200", "400", "401", "403", "409", "500"]
-    assert sorted(paths[TEST_URL]["post"]["responses"]) == ["200", "400", "401", "403", "409", "500"]
+    assert sorted(paths[TEST_URL]["post"]["responses"]) == ["200", "400", "401", "403", "409", "429", "500"]
     components = schema["components"]["schemas"]
     assert "secret" not in components["DeliveryDestination"]["properties"]
     assert "secret" in components["DeliveryDestinationCreated"]["properties"]
