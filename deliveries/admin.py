@@ -32,8 +32,8 @@ from converzia.admin_tools import (
     run_for_each,
 )
 from deliveries.models import Delivery, DeliveryAttempt, DeliveryDestination
-from deliveries.services import delivery_refund, delivery_retry
-from leads.admin import lead_offer_ids_for_phone
+from deliveries.services import delivery_refund, delivery_retry, lead_offer_advance
+from leads.admin import LeadOfferAdmin, lead_offer_ids_for_phone
 from leads.models import LeadOffer
 
 
@@ -257,3 +257,29 @@ class DeliveryAttemptAdmin(ViewOnlyMixin, ExactSearchMixin, FastModelAdmin):
         if some_id is None:
             return None
         return Q(pk=some_id) | Q(delivery_id=some_id)
+
+
+# The lead offer admin's status changes go through the deliveries domain: reaching LEAD_READY creates
+# the lead's delivery, leaving it cancels a waiting one, and SENT_TO_DEVELOPER is refused (only a
+# successful delivery sets it, because that is where the credit is charged).
+admin.site.unregister(LeadOffer)
+
+
+@admin.register(LeadOffer)
+class LeadOfferWithDeliveryAdmin(LeadOfferAdmin):
+    def transition_lead_offer(
+        self,
+        *,
+        lead_offer: LeadOffer,
+        to_status: str,
+        actor: Any,
+        reason: str,
+        disqualification_category: str,
+    ) -> LeadOffer:
+        return lead_offer_advance(
+            lead_offer=lead_offer,
+            to_status=to_status,
+            actor=actor,
+            reason=reason,
+            disqualification_category=disqualification_category,
+        )

@@ -451,6 +451,26 @@ class LeadOfferAdmin(NoAddMixin, NoDeleteMixin, ExactSearchMixin, FastModelAdmin
         conditions = [Q(lead_id__in=lead_ids)] if lead_ids else []
         return any_of(conditions + leadgen)
 
+    def transition_lead_offer(
+        self,
+        *,
+        lead_offer: LeadOffer,
+        to_status: str,
+        actor: Any,
+        reason: str,
+        disqualification_category: str,
+    ) -> LeadOffer:
+        """The status change behind the action. The deliveries app replaces it (its admin re-registers
+        this class) so that LEAD_READY creates the lead's delivery; leads knows nothing of deliveries."""
+        return lead_offer_transition(
+            lead_offer=lead_offer,
+            to_status=to_status,
+            actor=actor,
+            actor_type=ActorType.ADMIN,
+            reason=reason,
+            disqualification_category=disqualification_category,
+        )
+
     @admin.action(description="Change status (transition rules apply)…")
     def change_status(self, request: HttpRequest, queryset: QuerySet[LeadOffer]) -> TemplateResponse | None:
         def apply(request: HttpRequest, objects: list[LeadOffer], data: dict[str, Any]) -> None:
@@ -460,11 +480,10 @@ class LeadOfferAdmin(NoAddMixin, NoDeleteMixin, ExactSearchMixin, FastModelAdmin
                 self,
                 request,
                 moving,
-                lambda obj: lead_offer_transition(
+                lambda obj: self.transition_lead_offer(
                     lead_offer=obj,
                     to_status=to_status,
                     actor=request.user,
-                    actor_type=ActorType.ADMIN,
                     reason=data["reason"],
                     disqualification_category=data["disqualification_category"],
                 ),

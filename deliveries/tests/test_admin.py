@@ -473,3 +473,38 @@ def test_delivery_change_page_shows_the_state_machine_fields(admin_client):
     assert {"retry_deliveries", "refund_deliveries"} <= {
         name for name, _ in listing.context["action_form"].fields["action"].choices
     }
+
+
+def test_lead_offer_status_action_goes_through_deliveries(admin_client):
+    """The lead offer admin's "Change status" is the deliveries domain's: LEAD_READY creates the
+    delivery and SENT_TO_DEVELOPER is refused (only a successful delivery sets it)."""
+    from converzia.tests.test_admin import messages_of, post_action
+    from leads.models import LeadOfferStatus
+    from leads.tests.factories import LeadOfferFactory
+
+    lead_offers_url = reverse("admin:leads_leadoffer_changelist")
+    qualifying = LeadOfferFactory(status=LeadOfferStatus.QUALIFYING)
+    ready = LeadOfferFactory(status=LeadOfferStatus.LEAD_READY)
+
+    post_action(
+        admin_client,
+        lead_offers_url,
+        "change_status",
+        [qualifying.pk],
+        {
+            "to_status": LeadOfferStatus.LEAD_READY,
+            "reason": "qualified by phone",
+            "disqualification_category": "",
+        },
+    )
+    refused = post_action(
+        admin_client,
+        lead_offers_url,
+        "change_status",
+        [ready.pk],
+        {"to_status": LeadOfferStatus.SENT_TO_DEVELOPER, "reason": "", "disqualification_category": ""},
+    )
+
+    assert Delivery.objects.filter(lead_offer=qualifying).count() == 1
+    assert LeadOffer.objects.get(pk=ready.pk).status == LeadOfferStatus.LEAD_READY
+    assert any("cannot move from LEAD_READY to SENT_TO_DEVELOPER" in m for m in messages_of(refused))
