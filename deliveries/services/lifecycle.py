@@ -19,6 +19,7 @@ from django.utils import timezone
 from billing.errors import NotEnoughCredits
 from billing.models import CreditLedger
 from billing.services import Charge, credit_consume_many, credit_refund
+from converzia.cache import invalidate_tenant
 from converzia.errors import Conflict, InvalidInput, InvalidTransition
 from converzia.metrics import DELIVERIES
 from converzia.models import User
@@ -221,6 +222,8 @@ def lead_offer_qualify(
         actor_type=_actor_type(actor),
         actor_id=actor.pk if actor else None,
     )
+    # A re-score of a SCORED lead changes no status, but the stored score changed.
+    invalidate_tenant(locked.tenant_id)
     ready = score_total >= locked.tenant.default_score_threshold
     target = S.LEAD_READY if ready else S.SCORED
     if locked.status == S.HUMAN_HANDOFF and target == S.SCORED:
