@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, IntegerField, OuterRef, Subquery, Value
+from django.db.models import IntegerField, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -422,6 +422,8 @@ class Charge:
     delivery_id: uuid.UUID
     lead_offer_id: uuid.UUID
     description: str = "Lead delivery"
+    # Known before the write, so a caller can reference the ledger row in rows it writes first.
+    entry_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
 @transaction.atomic
@@ -463,6 +465,7 @@ def credit_consume_many(
         running[charge.tenant_id] -= 1
         already.add(charge.delivery_id)
         entry = CreditLedger(
+            id=charge.entry_id,
             tenant_id=charge.tenant_id,
             transaction_type=T.CREDIT_CONSUMPTION,
             amount=-1,
@@ -479,14 +482,17 @@ def credit_consume_many(
     consumed = {tenant_id: before[tenant_id] - running[tenant_id] for tenant_id in tenant_ids}
     last_entry = {entry.tenant_id: entry for entry in entries}
     alerts = []
+    now = timezone.now()
+    changed = [balances[t] for t in tenant_ids if consumed[t]]
+    for balance in changed:
+        balance.balance = running[balance.tenant_id]
+        balance.total_consumed += consumed[balance.tenant_id]
+        balance.updated_at = now
+    # One UPDATE for every tenant of the batch (the rows are locked above).
+    TenantCreditBalance.objects.bulk_update(changed, ["balance", "total_consumed", "updated_at"])
     for tenant_id in tenant_ids:
         if not consumed[tenant_id]:
             continue
-        TenantCreditBalance.objects.filter(tenant_id=tenant_id).update(
-            balance=running[tenant_id],
-            total_consumed=F("total_consumed") + consumed[tenant_id],
-            updated_at=timezone.now(),
-        )
         threshold: int = balances[tenant_id].low_credit_threshold
         alert_type = credit_alert_type(
             before=before[tenant_id], after=running[tenant_id], threshold=threshold

@@ -16,7 +16,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.errors import NotEnoughCredits
 from billing.models import CreditLedger
 from billing.services import Charge, credit_consume_many, credit_refund
 from converzia.cache import invalidate_tenant
@@ -324,17 +323,20 @@ def _attempt_row(record: SendRecord, *, succeeded: bool) -> DeliveryAttempt:
 def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
     """Settle successful sends, in one transaction: each delivery DELIVERED and charged exactly once.
 
-    Locks the deliveries, then their lead_offers (always in id order, so two settlers never deadlock).
+    Locks the deliveries, then their lead_offers (each in id order, so two settlers never deadlock),
+    writes everything that does not depend on the money, and charges last: `credit_consume_many` locks
+    the tenants' balance rows, so they are held only for the final few statements, and concurrent
+    dispatchers of the same tenants wait on each other as briefly as possible.
+
     A delivery already delivered is left alone (a repeat send after a lost lease, or a second caller):
-    the partial unique index on consumptions is the last line, the status check the first. A lead whose
-    billing eligibility says NOT_CHARGEABLE_* is delivered uncharged and keeps its eligibility.
+    the status check under the row lock is the first line, the partial unique index on consumptions the
+    last. A lead whose billing eligibility says NOT_CHARGEABLE_* is delivered uncharged and keeps it.
     """
     if not records:
         return []
     by_id = {r.delivery_id: r for r in records}
     deliveries = list(Delivery.objects.select_for_update().filter(pk__in=list(by_id)).order_by("pk"))
     open_deliveries = [d for d in deliveries if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED)]
-    open_ids = {d.pk for d in open_deliveries}
     lead_offers = {
         lo.pk: lo
         for lo in LeadOffer.objects.select_for_update()
@@ -342,46 +344,90 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
         .order_by("pk")
     }
     now = timezone.now()
-    completions: list[Completion] = []
-    charged_lead_offers: list[LeadOffer] = []
-    uncharged_lead_offers: list[LeadOffer] = []
-    events: list[LeadEvent] = []
-    trace_id = current_trace_id()
-    attempts = [
-        _attempt_row(by_id[d.pk], succeeded=True) for d in deliveries if by_id[d.pk].attempt_number > 0
+    # The charge each delivery will get (its ledger row id is known before the row is written).
+    charges = {
+        d.pk: Charge(tenant_id=d.tenant_id, delivery_id=d.pk, lead_offer_id=d.lead_offer_id)
+        for d in open_deliveries
+        if is_chargeable(lead_offers[d.lead_offer_id].billing_eligibility)
+    }
+
+    # 1. Deliveries, lead_offers, attempts and destinations, as if every charge succeeds.
+    by_reason: dict[str, list[uuid.UUID]] = {}
+    for delivery in open_deliveries:
+        reason = _NOT_CHARGED.get(lead_offers[delivery.lead_offer_id].billing_eligibility, "")
+        by_reason.setdefault(reason, []).append(delivery.pk)
+    for no_charge_reason, ids in by_reason.items():
+        Delivery.objects.filter(pk__in=ids).update(
+            status=DeliveryStatus.DELIVERED,
+            delivered_at=now,
+            next_attempt_at=None,
+            claimed_until=None,
+            blocked_reason="",
+            error_message="",
+            no_charge_reason=no_charge_reason,
+            updated_at=now,
+        )
+    ready = [
+        lead_offers[d.lead_offer_id]
+        for d in open_deliveries
+        if lead_offers[d.lead_offer_id].status == S.LEAD_READY
     ]
-    charged = credit_consume_many(
-        [
-            Charge(tenant_id=d.tenant_id, delivery_id=d.pk, lead_offer_id=d.lead_offer_id)
-            for d in open_deliveries
-            if is_chargeable(lead_offers[d.lead_offer_id].billing_eligibility)
-        ]
+    charged_ids = {c.lead_offer_id for c in charges.values()}
+    previous_eligibility = {lo.pk: lo.billing_eligibility for lo in ready}
+    lead_offers_transition_many(
+        lead_offers=[lo for lo in ready if lo.pk in charged_ids],
+        to_status=S.SENT_TO_DEVELOPER,
+        extra_fields={"billing_eligibility": BillingEligibility.CHARGEABLE},
+        details={"reason": "delivered"},
     )
-    for delivery in deliveries:
-        if delivery.pk not in open_ids:
-            completions.append(Completion(delivery.pk, False, False, None))
-            continue
-        lead_offer = lead_offers[delivery.lead_offer_id]
-        no_charge = _NOT_CHARGED.get(lead_offer.billing_eligibility, "")
-        outcome = charged.get(delivery.pk)
-        entry = outcome if isinstance(outcome, CreditLedger) else None
-        if isinstance(outcome, NotEnoughCredits):
-            # The dispatcher reserves credits before sending, so only a concurrent staff
-            # adjustment lands here. The tenant has the lead; record it, uncharged, loudly.
-            no_charge = NoChargeReason.WAIVED
+    lead_offers_transition_many(
+        lead_offers=[lo for lo in ready if lo.pk not in charged_ids],
+        to_status=S.SENT_TO_DEVELOPER,
+        details={"reason": "delivered"},
+    )
+    # Attempt rows of repeat sends are kept too (the receiver did answer them).
+    DeliveryAttempt.objects.bulk_create(
+        [_attempt_row(r, succeeded=True) for r in records if r.attempt_number > 0], ignore_conflicts=True
+    )
+    destination_ids = {r.destination_id for r in records if r.destination_id}
+    if destination_ids:
+        # At most one write per destination per batch; the column is for staff, not for accounting.
+        DeliveryDestination.objects.filter(pk__in=destination_ids).update(last_success_at=now)
+
+    # 2. The money, last.
+    outcomes = credit_consume_many(list(charges.values()))
+    uncharged = [pk for pk, outcome in outcomes.items() if not isinstance(outcome, CreditLedger)]
+    if uncharged:
+        # The dispatcher reserves credits before sending, so only a concurrent staff adjustment lands
+        # here. The tenant has the lead: record it as delivered, uncharged, and say so loudly.
+        Delivery.objects.filter(pk__in=uncharged).update(no_charge_reason=NoChargeReason.WAIVED)
+        for delivery_id in uncharged:
+            lead_offer = lead_offers[charges[delivery_id].lead_offer_id]
+            LeadOffer.objects.filter(pk=lead_offer.pk).update(
+                billing_eligibility=previous_eligibility.get(lead_offer.pk, lead_offer.billing_eligibility),
+                billing_notes="Delivered without a credit to charge.",
+            )
             logger.error(
                 "delivery completed without a credit to charge",
-                extra={"delivery_id": str(delivery.pk), "tenant_id": str(delivery.tenant_id)},
+                extra={"delivery_id": str(delivery_id), "tenant_id": str(charges[delivery_id].tenant_id)},
             )
-        delivery.status = DeliveryStatus.DELIVERED
-        delivery.delivered_at = now
-        delivery.next_attempt_at = None
-        delivery.claimed_until = None
-        delivery.blocked_reason = ""
-        delivery.error_message = ""
-        delivery.no_charge_reason = no_charge
-        if lead_offer.status == S.LEAD_READY:
-            (charged_lead_offers if entry else uncharged_lead_offers).append(lead_offer)
+
+    # 3. The audit trail, with the ledger rows it points at.
+    trace_id = current_trace_id()
+    events: list[LeadEvent] = []
+    completions: list[Completion] = []
+    for delivery in deliveries:
+        lead_offer = lead_offers.get(delivery.lead_offer_id)
+        if lead_offer is None:
+            completions.append(Completion(delivery.pk, False, False, None))
+            continue
+        outcome = outcomes.get(delivery.pk)
+        entry_id = outcome.pk if isinstance(outcome, CreditLedger) else None
+        no_charge = (
+            NoChargeReason.WAIVED
+            if delivery.pk in uncharged
+            else _NOT_CHARGED.get(lead_offer.billing_eligibility, "")
+        )
         record = by_id[delivery.pk]
         events.append(
             LeadEvent(
@@ -394,49 +440,19 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
                     "webhook_id": delivery_webhook_id(delivery.pk),
                     "attempt": record.attempt_number,
                     "status_code": record.status_code,
-                    "credit_consumed": entry is not None,
-                    "ledger_entry_id": str(entry.pk) if entry else None,
+                    "credit_consumed": entry_id is not None,
+                    "ledger_entry_id": str(entry_id) if entry_id else None,
                     "no_charge_reason": no_charge or None,
                 },
                 trace_id=trace_id,
                 created_at=now,
             )
         )
-        completions.append(Completion(delivery.pk, True, entry is not None, entry.pk if entry else None))
-    # One UPDATE per no-charge reason (almost always one: charged).
-    by_reason: dict[str, list[uuid.UUID]] = {}
-    for delivery in open_deliveries:
-        by_reason.setdefault(delivery.no_charge_reason, []).append(delivery.pk)
-    for no_charge_reason, ids in by_reason.items():
-        Delivery.objects.filter(pk__in=ids).update(
-            status=DeliveryStatus.DELIVERED,
-            delivered_at=now,
-            next_attempt_at=None,
-            claimed_until=None,
-            blocked_reason="",
-            error_message="",
-            no_charge_reason=no_charge_reason,
-            updated_at=now,
-        )
-    lead_offers_transition_many(
-        lead_offers=charged_lead_offers,
-        to_status=S.SENT_TO_DEVELOPER,
-        extra_fields={"billing_eligibility": BillingEligibility.CHARGEABLE},
-        details={"reason": "delivered"},
-    )
-    lead_offers_transition_many(
-        lead_offers=uncharged_lead_offers, to_status=S.SENT_TO_DEVELOPER, details={"reason": "delivered"}
-    )
+        completions.append(Completion(delivery.pk, True, entry_id is not None, entry_id))
     LeadEvent.objects.bulk_create(events)
-    # Attempt rows of repeat sends are kept too (the receiver did answer them).
-    DeliveryAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
-    destination_ids = {r.destination_id for r in records if r.destination_id}
-    if destination_ids:
-        # At most one write per destination per batch; the column is for staff, not for accounting.
-        DeliveryDestination.objects.filter(pk__in=destination_ids).update(last_success_at=now)
-    delivered = sum(1 for c in completions if c.newly_delivered)
+    delivered = len(open_deliveries)
     if delivered:
-        DELIVERIES.labels("delivered").inc(delivered)
+        transaction.on_commit(lambda: DELIVERIES.labels("delivered").inc(delivered))
     return completions
 
 

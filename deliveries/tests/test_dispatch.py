@@ -17,7 +17,7 @@ from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
 from billing.models import CreditLedger, CreditTransactionType, TenantCreditBalance
-from billing.services import credit_bonus_grant, credit_purchase_record
+from billing.services import credit_adjust, credit_bonus_grant, credit_purchase_record
 from deliveries.models import (
     Delivery,
     DeliveryAttempt,
@@ -369,6 +369,37 @@ def test_refund_gives_the_credit_back_once(receiver, staff_user):
     assert balance_of(lead_offer.tenant) == 5
     with pytest.raises(DeliveryNotRefundable):
         delivery_refund(delivery=delivery, reason="again", actor=staff_user)
+
+
+def test_a_balance_emptied_during_the_send_delivers_uncharged_and_says_so(receiver, staff_user):
+    lead_offer = ready_lead(destination_url=receiver.url, credits=1)
+    delivery = Delivery.objects.get(lead_offer=lead_offer)
+    # Staff take the credit away while the (reserved) send is in flight.
+    credit_adjust(tenant=lead_offer.tenant, amount=-1, reason="correction", actor=staff_user)
+
+    completion = delivery_complete(
+        SendRecord(
+            delivery_id=delivery.pk,
+            attempt_number=1,
+            destination_id=None,
+            url=receiver.url,
+            status_code=200,
+            duration_ms=5,
+        )
+    )
+
+    assert (completion.newly_delivered, completion.charged) == (True, False)
+    delivery.refresh_from_db()
+    lead_offer.refresh_from_db()
+    assert delivery.status == DeliveryStatus.DELIVERED
+    assert delivery.no_charge_reason == NoChargeReason.WAIVED
+    assert lead_offer.status == LeadOfferStatus.SENT_TO_DEVELOPER
+    assert lead_offer.billing_eligibility == BillingEligibility.PENDING
+    assert "without a credit" in lead_offer.billing_notes
+    assert not CreditLedger.objects.filter(delivery=delivery).exists()
+    assert balance_of(lead_offer.tenant) == 0
+    event = LeadEvent.objects.get(lead_offer=lead_offer, event_type=LeadEventType.DELIVERY_COMPLETED)
+    assert (event.details["credit_consumed"], event.details["no_charge_reason"]) == (False, "WAIVED")
 
 
 def test_backoff_grows_and_stays_within_a_day():
