@@ -5,6 +5,12 @@ time budget is spent, when it wakes a successor). Claiming a full batch wakes an
 so a backlog is worked by as many dispatchers as the worker has slots, and a slow receiver never
 serialises the queue: a batch's sends are all in flight at once.
 
+Row locks here are `FOR NO KEY UPDATE` (we never change a key): they exclude each other as
+`FOR UPDATE` would, but not the `FOR KEY SHARE` that a foreign-key check takes, and Django's foreign
+keys are checked at COMMIT. With `FOR UPDATE`, settler A holding a destination row and waiting for a
+balance row, and settler B holding that balance row and checking its attempt rows' foreign key to the
+destination at COMMIT, deadlocked under load (measured: docs/deliveries.md).
+
 Claiming is one short transaction: `FOR UPDATE SKIP LOCKED` on the due rows (no two dispatchers
 take the same delivery), a lease (`claimed_until`, also the next due time, so a dispatcher that dies
 mid-send has its deliveries resent after the lease, with the same `webhook-id`), and the checks that
@@ -50,6 +56,7 @@ from deliveries.services.lifecycle import (
     backoff_delay_s,
     deliveries_complete,
     delivery_webhook_id,
+    destinations_touch,
     is_chargeable,
 )
 from leads.models import LeadEvent, LeadEventType, LeadOfferStatus
@@ -116,7 +123,7 @@ def deliveries_claim(*, limit: int) -> ClaimReport:
     lease_until = now + timedelta(seconds=settings.DELIVERY_LEASE_S)
     due = list(
         Delivery.objects.due(now)
-        .select_for_update(skip_locked=True, of=("self",))
+        .select_for_update(skip_locked=True, of=("self",), no_key=True)
         .select_related("lead_offer")
         .only(
             "id",
@@ -300,7 +307,7 @@ def deliveries_fail(outcomes: list[tuple[SendRecord, outbound.OutboundResult]]) 
     now = timezone.now()
     records = {record.delivery_id: (record, result) for record, result in outcomes}
     deliveries = list(
-        Delivery.objects.select_for_update(of=("self",))
+        Delivery.objects.select_for_update(of=("self",), no_key=True)
         .select_related("lead_offer")
         .filter(pk__in=list(records))
         .order_by("pk")
@@ -390,9 +397,14 @@ def deliveries_fail(outcomes: list[tuple[SendRecord, outbound.OutboundResult]]) 
         ignore_conflicts=True,
     )
     LeadEvent.objects.bulk_create(events)
-    if failed_destinations:
-        DeliveryDestination.objects.filter(pk__in=failed_destinations).update(last_failure_at=now)
+    destinations_touch(destination_ids=failed_destinations, field="last_failure_at", now=now)
     if gone_destinations:
+        # Locked in id order (a rare path; it must not be skipped like the timestamps above).
+        list(
+            DeliveryDestination.objects.select_for_update(no_key=True)
+            .filter(pk__in=gone_destinations)
+            .order_by("pk")
+        )
         disabled = DeliveryDestination.objects.filter(pk__in=gone_destinations, is_active=True).update(
             is_active=False,
             disabled_at=now,

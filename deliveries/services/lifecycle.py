@@ -197,7 +197,7 @@ def lead_offer_qualify(
     """
     if not 0 <= score_total <= 100:
         raise InvalidInput("The score must be between 0 and 100.", details={"score_total": ["0–100."]})
-    locked = LeadOffer.objects.select_for_update().select_related("tenant").get(pk=lead_offer.pk)
+    locked = LeadOffer.objects.select_for_update(no_key=True).select_related("tenant").get(pk=lead_offer.pk)
     if locked.status not in QUALIFIABLE:
         raise LeadOfferNotQualifiable(locked.status)
     now = timezone.now()
@@ -242,7 +242,7 @@ class LeadOfferNotQualifiable(InvalidTransition):
 
 
 def _delivery_cancel_for(*, lead_offer: LeadOffer, reason: str) -> None:
-    delivery = Delivery.objects.select_for_update().filter(lead_offer=lead_offer).first()
+    delivery = Delivery.objects.select_for_update(no_key=True).filter(lead_offer=lead_offer).first()
     if delivery is None or delivery.status not in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
         return
     _dead_letter(delivery, reason=f"Cancelled before delivery: {reason}.")
@@ -335,11 +335,13 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
     if not records:
         return []
     by_id = {r.delivery_id: r for r in records}
-    deliveries = list(Delivery.objects.select_for_update().filter(pk__in=list(by_id)).order_by("pk"))
+    deliveries = list(
+        Delivery.objects.select_for_update(no_key=True).filter(pk__in=list(by_id)).order_by("pk")
+    )
     open_deliveries = [d for d in deliveries if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED)]
     lead_offers = {
         lo.pk: lo
-        for lo in LeadOffer.objects.select_for_update()
+        for lo in LeadOffer.objects.select_for_update(no_key=True)
         .filter(pk__in=[d.lead_offer_id for d in open_deliveries])
         .order_by("pk")
     }
@@ -389,10 +391,11 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
     DeliveryAttempt.objects.bulk_create(
         [_attempt_row(r, succeeded=True) for r in records if r.attempt_number > 0], ignore_conflicts=True
     )
-    destination_ids = {r.destination_id for r in records if r.destination_id}
-    if destination_ids:
-        # At most one write per destination per batch; the column is for staff, not for accounting.
-        DeliveryDestination.objects.filter(pk__in=destination_ids).update(last_success_at=now)
+    destinations_touch(
+        destination_ids={r.destination_id for r in records if r.destination_id},
+        field="last_success_at",
+        now=now,
+    )
 
     # 2. The money, last.
     outcomes = credit_consume_many(list(charges.values()))
@@ -456,6 +459,26 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
     return completions
 
 
+def destinations_touch(*, destination_ids: set[uuid.UUID | None], field: str, now: Any) -> None:
+    """Stamp `last_success_at` / `last_failure_at` on the destinations of a batch.
+
+    The rows another settler is stamping right now are skipped (`SKIP LOCKED`): it writes about the
+    same instant, and waiting for it (or locking in a different order) could only cost time or a
+    deadlock. The columns are for staff, not for accounting.
+    """
+    ids = sorted(d for d in destination_ids if d)
+    if not ids:
+        return
+    free = list(
+        DeliveryDestination.objects.select_for_update(skip_locked=True, no_key=True)
+        .filter(pk__in=ids)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if free:
+        DeliveryDestination.objects.filter(pk__in=free).update(**{field: now})
+
+
 def delivery_complete(record: SendRecord) -> Completion:
     """Settle one successful send (see `deliveries_complete`)."""
     (completion,) = deliveries_complete([record])
@@ -515,7 +538,7 @@ def delivery_retry(*, delivery: Delivery, actor: User | None = None) -> Delivery
     """Staff retry: a dead letter (or a failed delivery) is due now, with a fresh set of attempts."""
     from deliveries.services.dispatch import dispatcher_wake
 
-    locked = Delivery.objects.select_for_update().select_related("lead_offer").get(pk=delivery.pk)
+    locked = Delivery.objects.select_for_update(no_key=True).select_related("lead_offer").get(pk=delivery.pk)
     if locked.status not in (DeliveryStatus.DEAD_LETTER, DeliveryStatus.FAILED):
         raise DeliveryNotRetryable(details={"status": locked.status})
     if locked.lead_offer.status != S.LEAD_READY:
@@ -558,7 +581,7 @@ def delivery_refund(*, delivery: Delivery, reason: str, actor: User | None = Non
     """Staff refund of a delivered lead: the credit back, delivery REFUNDED, the lead's billing PENDING."""
     if not reason.strip():
         raise InvalidInput("A refund needs a reason.", details={"reason": ["This field is required."]})
-    locked = Delivery.objects.select_for_update().select_related("lead_offer").get(pk=delivery.pk)
+    locked = Delivery.objects.select_for_update(no_key=True).select_related("lead_offer").get(pk=delivery.pk)
     if locked.status not in (DeliveryStatus.DELIVERED, DeliveryStatus.PARTIAL):
         raise DeliveryNotRefundable(details={"status": locked.status})
     entry = credit_refund(tenant_id=locked.tenant_id, delivery_id=locked.pk, reason=reason, actor=actor)
