@@ -457,3 +457,39 @@ def test_two_hundred_concurrent_completions_charge_once(receiver):
         LeadEvent.objects.filter(lead_offer=lead_offer, event_type=LeadEventType.DELIVERY_COMPLETED).count()
         == 1
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_dispatchers_deliver_everything_once(receiver, settings):
+    """Four dispatchers at once over 10 tenants' backlog: every delivery sent once and charged once
+    (SKIP LOCKED claims, balance reservations, settles of the same tenants racing each other)."""
+    settings.DELIVERY_BATCH_SIZE = 20
+    first = [ready_lead(destination_url=receiver.url, credits=50) for _ in range(10)]
+    for lead_offer in first:
+        for _ in range(11):
+            ready_lead(lead_offer.tenant)
+    errors: list[BaseException] = []
+
+    def dispatch() -> None:
+        try:
+            deliveries_dispatch(time_budget_s=30)
+        except BaseException as exc:  # noqa: BLE001 — reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=dispatch) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        clear_queue()
+    assert errors == []
+    assert Delivery.objects.filter(status=DeliveryStatus.DELIVERED).count() == 120
+    assert CreditLedger.objects.filter(transaction_type="CREDIT_CONSUMPTION").count() == 120
+    webhook_ids = [headers["Webhook-Id"] for headers, _ in receiver.requests]
+    assert len(webhook_ids) == len(set(webhook_ids)) == 120
+    for lead_offer in first:
+        assert balance_of(lead_offer.tenant) == 50 - 12
