@@ -75,24 +75,7 @@ def _lock_balance(tenant_id: uuid.UUID) -> TenantCreditBalance:
     the threshold subquery keeps the statement's snapshot, which only delays a threshold change by one
     write. (So nothing that must be exact, like "already charged?", belongs in this statement.)
     """
-    threshold = Subquery(
-        TenantPricing.objects.filter(tenant_id=OuterRef("tenant_id")).values("low_credit_threshold")[:1]
-    )
-    locked = (
-        TenantCreditBalance.objects.select_for_update()
-        .filter(tenant_id=tenant_id)
-        .annotate(
-            low_credit_threshold=Coalesce(
-                threshold, Value(DEFAULT_LOW_CREDIT_THRESHOLD), output_field=IntegerField()
-            )
-        )
-    )
-    balance = next(iter(locked), None)
-    if balance is None:
-        TenantCreditBalance.objects.bulk_create(
-            [TenantCreditBalance(tenant_id=tenant_id)], ignore_conflicts=True
-        )
-        balance = locked.get()
+    (balance,) = _lock_balances([tenant_id])
     return balance
 
 
@@ -117,7 +100,8 @@ def _lock_balances(tenant_ids: list[uuid.UUID]) -> list[TenantCreditBalance]:
         TenantCreditBalance.objects.bulk_create(
             [TenantCreditBalance(tenant_id=t) for t in sorted(missing)], ignore_conflicts=True
         )
-        rows = list(locked)
+        # `.all()`: a fresh query (the first one's result is cached on the queryset).
+        rows = list(locked.all())
     return rows
 
 
@@ -453,6 +437,8 @@ def credit_consume_many(
     running = dict(before)
     entries: list[CreditLedger] = []
     for charge in charges:
+        if charge.delivery_id in results:
+            continue  # the same delivery twice in one batch: its first outcome stands
         if charge.delivery_id in already:
             results[charge.delivery_id] = AlreadyCharged()
             continue

@@ -53,6 +53,7 @@ from deliveries.models import (
 from deliveries.services.lifecycle import (
     SendRecord,
     _dead_letter,
+    attempt_row,
     backoff_delay_s,
     deliveries_complete,
     delivery_webhook_id,
@@ -380,20 +381,7 @@ def deliveries_fail(outcomes: list[tuple[SendRecord, outbound.OutboundResult]]) 
             ["status", "claimed_until", "error_message", "blocked_reason", "next_attempt_at", "updated_at"],
         )
     DeliveryAttempt.objects.bulk_create(
-        [
-            DeliveryAttempt(
-                delivery_id=record.delivery_id,
-                attempt_number=record.attempt_number,
-                destination_id=record.destination_id,
-                url=record.url[:500],
-                status_code=record.status_code,
-                duration_ms=record.duration_ms,
-                succeeded=False,
-                error=record.error,
-                response_excerpt=record.response_excerpt,
-            )
-            for record, _ in outcomes
-        ],
+        [attempt_row(record, succeeded=False) for record, _ in outcomes],
         ignore_conflicts=True,
     )
     LeadEvent.objects.bulk_create(events)

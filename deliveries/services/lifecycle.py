@@ -305,7 +305,7 @@ class Completion:
     ledger_entry_id: uuid.UUID | None
 
 
-def _attempt_row(record: SendRecord, *, succeeded: bool) -> DeliveryAttempt:
+def attempt_row(record: SendRecord, *, succeeded: bool) -> DeliveryAttempt:
     return DeliveryAttempt(
         delivery_id=record.delivery_id,
         attempt_number=record.attempt_number,
@@ -389,7 +389,7 @@ def deliveries_complete(records: list[SendRecord]) -> list[Completion]:
     )
     # Attempt rows of repeat sends are kept too (the receiver did answer them).
     DeliveryAttempt.objects.bulk_create(
-        [_attempt_row(r, succeeded=True) for r in records if r.attempt_number > 0], ignore_conflicts=True
+        [attempt_row(r, succeeded=True) for r in records if r.attempt_number > 0], ignore_conflicts=True
     )
     destinations_touch(
         destination_ids={r.destination_id for r in records if r.destination_id},
