@@ -241,22 +241,30 @@ class _Sender:
             )
         return self._session
 
-    async def _send_one(self, request: OutboundRequest, allow_private: bool) -> OutboundResult:
+    async def _resolve(self, host: str, port: int, allow_private: bool) -> str | AddressRefused:
+        """The checked address of one host (or why not), within the connect timeout."""
+        try:
+            if _is_ip_literal(host):
+                return resolve_checked(host, port, allow_private=allow_private)
+            # getaddrinfo blocks: keep it off the loop that carries every other send, and bound it
+            # (a hung DNS server must not hold a whole batch).
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(
+                    None, lambda: resolve_checked(host, port, allow_private=allow_private)
+                ),
+                timeout=settings.DELIVERY_CONNECT_TIMEOUT_S,
+            )
+        except TimeoutError:
+            return AddressRefused(f"{host} did not resolve within {settings.DELIVERY_CONNECT_TIMEOUT_S:g} s.")
+        except AddressRefused as exc:
+            return exc
+
+    async def _send_one(self, request: OutboundRequest, address: str | AddressRefused) -> OutboundResult:
         started = time.perf_counter()
         result = OutboundResult()
         parts = urlsplit(request.url)
-        try:
-            host = parts.hostname or ""
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            if _is_ip_literal(host):
-                address = resolve_checked(host, port, allow_private=allow_private)
-            else:
-                # getaddrinfo blocks: keep it off the loop that carries every other send.
-                address = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: resolve_checked(host, port, allow_private=allow_private)
-                )
-        except (AddressRefused, ValueError) as exc:
-            result.error, result.refused = f"refused: {exc}", True
+        if isinstance(address, AddressRefused):
+            result.error, result.refused = f"refused: {address}", True
             return result
         url, host_header, server_name = _pinned(request.url, address)
         headers = {**request.headers, "Host": host_header}
@@ -288,7 +296,30 @@ class _Sender:
     async def _send_all(
         self, requests: Sequence[OutboundRequest], allow_private: bool
     ) -> list[OutboundResult]:
-        return list(await asyncio.gather(*(self._send_one(r, allow_private) for r in requests)))
+        # Each distinct host is resolved and checked once per batch (a tenant's batch is one host).
+        targets: list[tuple[str, int] | AddressRefused] = []
+        for request in requests:
+            parts = urlsplit(request.url)
+            try:
+                targets.append((parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)))
+            except ValueError as exc:
+                targets.append(AddressRefused(f"the URL's port is not valid ({exc})."))
+        hosts = list(dict.fromkeys(t for t in targets if not isinstance(t, AddressRefused)))
+        addresses = dict(
+            zip(
+                hosts,
+                await asyncio.gather(*(self._resolve(host, port, allow_private) for host, port in hosts)),
+                strict=True,
+            )
+        )
+        return list(
+            await asyncio.gather(
+                *(
+                    self._send_one(r, t if isinstance(t, AddressRefused) else addresses[t])
+                    for r, t in zip(requests, targets, strict=True)
+                )
+            )
+        )
 
     def send(
         self, requests: Iterable[OutboundRequest], *, allow_private: bool | None = None

@@ -472,3 +472,32 @@ def test_duration_is_measured(receiver):
     result = send_one(signed_request(receiver.url_for("/hook"), secret=new_webhook_secret()))
 
     assert result.duration_ms >= 50
+
+
+def test_each_host_is_resolved_once_per_batch_and_a_hung_resolver_is_bounded(
+    httpserver, monkeypatch, settings
+):
+    """The OS resolver is replaced (it is not ours to run): one host answers at once, one never does."""
+    settings.DELIVERY_CONNECT_TIMEOUT_S = 0.3
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
+    calls: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        calls.append(host)
+        if host == "hung.test":
+            time.sleep(2)
+        return real_getaddrinfo("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", getaddrinfo)
+    requests = [
+        outbound.OutboundRequest(url=f"http://{host}:{httpserver.port}/hook", body=b"{}", headers={})
+        for host in ["fine.test"] * 3 + ["hung.test"] * 3
+    ]
+
+    results = outbound.send(requests, allow_private=True)
+
+    assert sorted(calls) == ["fine.test", "hung.test"], "one lookup per distinct host"
+    assert [r.status_code for r in results[:3]] == [200, 200, 200]
+    assert all(r.refused and "did not resolve within 0.3 s" in r.error for r in results[3:])
+    assert len(httpserver.log) == 3
