@@ -1,22 +1,90 @@
-"""Cache keys and invalidation (decision D9). Every cache key is built here.
+"""Cache keys, reads and invalidation (decision D9). Every cache key is built here.
 
 Invalidation bumps a per-tenant version after commit (no `KEYS`, no pattern deletes): keys embed the
 version, so old entries are simply never read again and expire by TTL.
+
+`cached_read` is the one way to serve a computed read from Redis:
+- a hit answers the stored value with `cached=True` and the time it was computed (`as_of`);
+- a miss computes once per key even when many requests miss together (a short lock key taken with
+  `add`; the others wait briefly for the value, then compute themselves rather than wait long);
+- Redis trouble never fails a request: the error is counted, the value computed from the database,
+  and the cache is skipped for `CACHE_RETRY_AFTER_S` so an outage costs one socket timeout per
+  process every few seconds, not one per request.
+Hits, misses, errors and skips are counted by key family (`converzia_cache_requests_total`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 
 from django.core.cache import cache
 from django.db import transaction
+from django.utils import timezone
+
+from converzia.metrics import CACHE_REQUESTS
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TTL_STATS = 60
 TTL_FUNNEL = 120
 TTL_REVENUE = 300
+# After a cache error, go straight to the database for this long (per process).
+CACHE_RETRY_AFTER_S = 5.0
+# One request recomputes a missing key; others wait up to this long for its value.
+RECOMPUTE_LOCK_S = 10
+RECOMPUTE_WAIT_S = 0.5
+RECOMPUTE_POLL_S = 0.02
+
+_MISSING = object()
+
+
+class _Breaker:
+    """Skips the cache for a while after an error (per process; one float, so no lock is needed)."""
+
+    def __init__(self) -> None:
+        self.open_until = 0.0
+
+    def is_open(self) -> bool:
+        return time.monotonic() < self.open_until
+
+    def trip(self) -> None:
+        self.open_until = time.monotonic() + CACHE_RETRY_AFTER_S
+
+
+_breaker = _Breaker()
+
+
+def _client() -> Any:
+    """django-redis's client raises on a Redis error (the cache API itself ignores them, by our
+    settings, which would hide an outage from the counters); other backends raise nothing anyway."""
+    return getattr(cache, "client", cache)
+
+
+def _cache_call(family: str, operation: str, *args: Any, **kwargs: Any) -> Any:
+    """One cache operation; `_MISSING` when the cache is unavailable (counted, breaker tripped)."""
+    if _breaker.is_open():
+        CACHE_REQUESTS.labels(family, "skipped").inc()
+        return _MISSING
+    try:
+        return getattr(_client(), operation)(*args, **kwargs)
+    except Exception:  # noqa: BLE001 — any cache failure means "answer from the database"
+        CACHE_REQUESTS.labels(family, "error").inc()
+        _breaker.trip()
+        logger.warning(
+            "cache unavailable; answering from the database", extra={"family": family}, exc_info=True
+        )
+        return _MISSING
+
+
+# --- keys ---------------------------------------------------------------------------------------
 
 
 def tenant_version_key(tenant_id: uuid.UUID | str) -> str:
@@ -24,12 +92,70 @@ def tenant_version_key(tenant_id: uuid.UUID | str) -> str:
 
 
 def tenant_version(tenant_id: uuid.UUID | str) -> int:
-    version = cache.get(tenant_version_key(tenant_id))
-    return int(version) if version is not None else 0
+    version = _cache_call("version", "get", tenant_version_key(tenant_id))
+    return int(version) if version not in (None, _MISSING) else 0
 
 
-def tenant_stats_key(tenant_id: uuid.UUID | str) -> str:
-    return f"tenant:{tenant_id}:stats:v{tenant_version(tenant_id)}"
+def _tenant_key(family: str, tenant_id: uuid.UUID | str, parts: tuple[object, ...]) -> str:
+    suffix = "".join(f":{part}" for part in parts)
+    return f"tenant:{tenant_id}:{family}:v{tenant_version(tenant_id)}{suffix}"
+
+
+def tenant_stats_key(tenant_id: uuid.UUID | str, *parts: object) -> str:
+    return _tenant_key("stats", tenant_id, parts)
+
+
+def tenant_funnel_key(tenant_id: uuid.UUID | str, *parts: object) -> str:
+    return _tenant_key("funnel", tenant_id, parts)
+
+
+# --- reads --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedRead(Generic[T]):
+    value: T
+    cached: bool
+    as_of: datetime
+
+
+def cached_read(
+    *, family: str, key: str, ttl: int, compute: Callable[[], T], fresh: bool = False
+) -> CachedRead[T]:
+    """`compute()`'s value, from the cache when it has it (see the module docstring)."""
+    if not fresh:
+        stored = _cache_call(family, "get", key)
+        if isinstance(stored, dict) and "value" in stored:
+            CACHE_REQUESTS.labels(family, "hit").inc()
+            return CachedRead(stored["value"], True, stored["as_of"])
+        if stored is _MISSING:
+            return _compute(compute)
+    CACHE_REQUESTS.labels(family, "miss").inc()
+    lock_key = f"{key}:lock"
+    locked = _cache_call(family, "add", lock_key, 1, timeout=RECOMPUTE_LOCK_S)
+    if locked is False and not fresh:
+        # Someone else is computing this key: wait briefly for their value.
+        deadline = time.monotonic() + RECOMPUTE_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(RECOMPUTE_POLL_S)
+            stored = _cache_call(family, "get", key)
+            if isinstance(stored, dict) and "value" in stored:
+                return CachedRead(stored["value"], True, stored["as_of"])
+            if stored is _MISSING:
+                break
+    result = _compute(compute)
+    _cache_call(family, "set", key, {"value": result.value, "as_of": result.as_of}, timeout=ttl)
+    if locked is True:
+        _cache_call(family, "delete", lock_key)
+    return result
+
+
+def _compute(compute: Callable[[], T]) -> CachedRead[T]:
+    as_of = timezone.now()
+    return CachedRead(compute(), False, as_of)
+
+
+# --- invalidation -------------------------------------------------------------------------------
 
 
 def _bump_tenant_version(tenant_id: uuid.UUID | str) -> None:

@@ -41,3 +41,9 @@ DELIVERY_SEND_SECONDS = Histogram(
     "Time from the start of an outbound delivery request to its outcome.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
 )
+CACHE_REQUESTS = Counter(
+    "converzia_cache_requests_total",
+    "Cache reads by key family and outcome: hit, miss, error (Redis failed; answered from the"
+    " database), skipped (Redis failed recently; not tried).",
+    ["family", "outcome"],
+)

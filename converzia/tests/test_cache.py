@@ -1,0 +1,131 @@
+"""`converzia.cache`: versioned keys, one recompute per key, and Redis outages that cost nothing but speed.
+
+Real Redis (the test settings' REDIS_URL); the outage is a cache pointed at a port nobody listens on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from django.core.cache import cache
+
+from converzia import cache as cache_module
+from converzia.cache import cached_read, invalidate_tenant, tenant_stats_key, tenant_version
+from converzia.metrics import CACHE_REQUESTS
+
+DEAD_REDIS = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            "SOCKET_CONNECT_TIMEOUT": 0.2,
+            "SOCKET_TIMEOUT": 0.2,
+            "IGNORE_EXCEPTIONS": True,
+        },
+    }
+}
+
+
+@pytest.fixture(autouse=True)
+def closed_breaker():
+    cache_module._breaker.open_until = 0.0
+    yield
+    cache_module._breaker.open_until = 0.0
+
+
+def counter(family: str, outcome: str) -> float:
+    return CACHE_REQUESTS.labels(family, outcome)._value.get()
+
+
+def test_a_miss_computes_and_the_next_read_is_a_hit():
+    key = f"test:{uuid.uuid4()}"
+    calls: list[int] = []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"total": 42}
+
+    hits_before = counter("test", "hit")
+    first = cached_read(family="test", key=key, ttl=60, compute=compute)
+    second = cached_read(family="test", key=key, ttl=60, compute=compute)
+
+    assert (first.value, first.cached) == ({"total": 42}, False)
+    assert (second.value, second.cached) == ({"total": 42}, True)
+    assert second.as_of == first.as_of, "as_of is when the value was computed"
+    assert len(calls) == 1
+    assert counter("test", "hit") == hits_before + 1
+
+
+def test_fresh_recomputes_and_refreshes_the_cache():
+    key = f"test:{uuid.uuid4()}"
+    values = iter([1, 2])
+    cached_read(family="test", key=key, ttl=60, compute=lambda: next(values))
+    fresh = cached_read(family="test", key=key, ttl=60, compute=lambda: next(values), fresh=True)
+    after = cached_read(family="test", key=key, ttl=60, compute=lambda: 99)
+    assert (fresh.value, fresh.cached) == (2, False)
+    assert (after.value, after.cached) == (2, True)
+
+
+@pytest.mark.django_db
+def test_invalidation_after_commit_moves_the_tenants_keys(django_capture_on_commit_callbacks):
+    tenant_id = uuid.uuid4()
+    before = tenant_stats_key(tenant_id, 30)
+    cached_read(family="stats", key=before, ttl=60, compute=lambda: "old")
+    with django_capture_on_commit_callbacks(execute=True):
+        invalidate_tenant(tenant_id)
+        assert tenant_stats_key(tenant_id, 30) == before, "nothing moves before the commit"
+    after = tenant_stats_key(tenant_id, 30)
+    assert after != before and tenant_version(tenant_id) == 1
+    assert cached_read(family="stats", key=after, ttl=60, compute=lambda: "new").value == "new"
+
+
+def test_many_concurrent_misses_compute_once():
+    key = f"test:{uuid.uuid4()}"
+    calls: list[int] = []
+    results: list[object] = []
+    barrier = threading.Barrier(20)
+
+    def compute() -> str:
+        calls.append(1)
+        time.sleep(0.2)
+        return "value"
+
+    def read() -> None:
+        barrier.wait(10)
+        results.append(cached_read(family="test", key=key, ttl=60, compute=compute).value)
+
+    threads = [threading.Thread(target=read) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["value"] * 20
+    assert len(calls) == 1, "one recompute per key"
+
+
+def test_redis_down_answers_from_the_source_and_stops_trying_for_a_while(settings):
+    settings.CACHES = DEAD_REDIS
+    errors_before, skipped_before = counter("test", "error"), counter("test", "skipped")
+
+    reads = [
+        cached_read(family="test", key="test:down", ttl=60, compute=lambda: "from the database")
+        for _ in range(20)
+    ]
+
+    assert {(r.value, r.cached) for r in reads} == {("from the database", False)}
+    assert counter("test", "error") == errors_before + 1, "one failed attempt opens the breaker"
+    assert counter("test", "skipped") >= skipped_before + 19, "the other reads do not even try"
+    cache.close()
+
+
+def test_the_breaker_closes_again():
+    cache_module._breaker.trip()
+    assert cached_read(family="test", key=f"test:{uuid.uuid4()}", ttl=60, compute=lambda: 1).cached is False
+    cache_module._breaker.open_until = 0.0
+    key = f"test:{uuid.uuid4()}"
+    cached_read(family="test", key=key, ttl=60, compute=lambda: 1)
+    assert cached_read(family="test", key=key, ttl=60, compute=lambda: 2).cached is True
