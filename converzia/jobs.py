@@ -71,3 +71,15 @@ def db_job(fn: Callable[P, R]) -> Callable[P, R]:
             close_old_connections()
 
     return wrapper
+
+
+def every_seconds_cron(seconds: float) -> str:
+    """A cron spec for "every `seconds`" (procrastinate reads a 6th field as seconds).
+
+    Under a minute: the seconds field (`*/N`, N dividing into the minute as cron does); a minute or
+    more: whole minutes (`*/M`), at least one.
+    """
+    if seconds < 60:
+        return f"* * * * * */{max(1, int(seconds))}"
+    minutes = max(1, round(seconds / 60))
+    return "* * * * *" if minutes == 1 else f"*/{minutes} * * * *"
