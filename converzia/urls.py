@@ -5,7 +5,8 @@ Each area mounts its own URL module here (the root URLconf is the one place allo
 - /api/portal/     tenant endpoints (portal.api.urls)
 - /api/webhooks/   Meta lead notifications (leads.api.urls)
 - /api/ops/        staff operations on lead_offers (deliveries.api.urls)
-Later: /api/health (readiness), /api/admin/, /metrics.
+- /api/admin/      staff reads: the queue (portal.api.admin_urls)
+Later: /api/health (readiness), the other /api/admin/ reads, /metrics.
 """
 
 from django.contrib import admin
@@ -17,6 +18,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("converzia.api.urls")),
     path("api/portal/", include("portal.api.urls")),
+    path("api/admin/", include("portal.api.admin_urls")),
     path("api/webhooks/", include("leads.api.urls")),
     path("api/ops/", include("deliveries.api.urls")),
     # Must stay last: unknown /api/ paths get the JSON error shape even with DEBUG on, and never an
