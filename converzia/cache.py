@@ -143,10 +143,13 @@ def cached_read(
                 return CachedRead(stored["value"], True, stored["as_of"])
             if stored is _MISSING:
                 break
-    result = _compute(compute)
-    _cache_call(family, "set", key, {"value": result.value, "as_of": result.as_of}, timeout=ttl)
-    if locked is True:
-        _cache_call(family, "delete", lock_key)
+    try:
+        result = _compute(compute)
+        _cache_call(family, "set", key, {"value": result.value, "as_of": result.as_of}, timeout=ttl)
+    finally:
+        # Also when compute() raised (a 404, a timeout): the next request must not wait for us.
+        if locked is True:
+            _cache_call(family, "delete", lock_key)
     return result
 
 

@@ -129,3 +129,14 @@ def test_the_breaker_closes_again():
     key = f"test:{uuid.uuid4()}"
     cached_read(family="test", key=key, ttl=60, compute=lambda: 1)
     assert cached_read(family="test", key=key, ttl=60, compute=lambda: 2).cached is True
+
+
+def test_a_failing_compute_releases_the_recompute_lock():
+    key = f"test:{uuid.uuid4()}"
+
+    def broken() -> None:
+        raise RuntimeError("database said no")
+
+    with pytest.raises(RuntimeError):
+        cached_read(family="test", key=key, ttl=60, compute=broken)
+    assert cache.get(f"{key}:lock") is None

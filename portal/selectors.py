@@ -1,0 +1,167 @@
+"""Portal reads that compose several domains (leads, deliveries) into API-shaped rows.
+
+Rows are built as plain dicts: the lead list is the portal's hot path, and a ModelSerializer per row
+costs more than the query. PII goes through leads.privacy, the one visibility rule. Every main query
+runs inside `guarded` (decision D3).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.core.exceptions import ObjectDoesNotExist
+from django.db.models import QuerySet
+
+from converzia.db.timeouts import guarded
+from converzia.models import Tenant
+from leads.funnel import stage_for_status, statuses_for_stage
+from leads.models import LeadOffer
+from leads.privacy import lead_contact, pii_visible, redact_pii
+from leads.selectors import lead_offer_get_for_tenant, lead_offer_list_for_tenant, lead_offer_timeline
+
+TIMELINE_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class LeadFilters:
+    statuses: Sequence[str] | None = None
+    stage: str | None = None
+    offer_id: uuid.UUID | None = None
+    created_from: dt.date | None = None
+    created_to: dt.date | None = None  # inclusive
+    q: str | None = None
+
+
+def local_day_start(day: dt.date, tenant: Tenant) -> dt.datetime:
+    """Midnight of `day` in the tenant's time zone (DOMAIN.md §10.18: one rule for daily buckets)."""
+    return dt.datetime.combine(day, dt.time.min, tzinfo=ZoneInfo(tenant.timezone))
+
+
+def portal_lead_offers(*, tenant: Tenant, filters: LeadFilters, can_view_details: bool) -> QuerySet[Any]:
+    """The (lazy) filtered list query; dates become the tenant's local-midnight bounds."""
+    return lead_offer_list_for_tenant(
+        tenant=tenant,
+        statuses=filters.statuses,
+        stage_statuses=statuses_for_stage(filters.stage) if filters.stage else None,
+        offer_id=filters.offer_id,
+        created_from=local_day_start(filters.created_from, tenant) if filters.created_from else None,
+        created_before=(
+            local_day_start(filters.created_to + dt.timedelta(days=1), tenant) if filters.created_to else None
+        ),
+        q=filters.q,
+        can_view_details=can_view_details,
+    )
+
+
+@guarded("portal.leads.list")
+def portal_lead_page(
+    *,
+    tenant: Tenant,
+    filters: LeadFilters,
+    can_view_details: bool,
+    paginate: Callable[[QuerySet[Any]], list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """One page of the lead list as API items: one query (the page, related names joined in)."""
+    rows = paginate(portal_lead_offers(tenant=tenant, filters=filters, can_view_details=can_view_details))
+    return [lead_list_item(row, can_view_details=can_view_details) for row in rows]
+
+
+def lead_list_item(row: Mapping[str, Any], *, can_view_details: bool) -> dict[str, Any]:
+    offer_id = row["offer_id"]
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "stage": stage_for_status(row["status"]),
+        "offer": {"id": offer_id, "name": row["offer__name"]} if offer_id is not None else None,
+        "lead": lead_contact(
+            lead_offer_id=row["id"],
+            status=row["status"],
+            can_view_details=can_view_details,
+            full_name=row["lead__full_name"],
+            first_name=row["lead__first_name"],
+            last_name=row["lead__last_name"],
+            phone=row["lead__phone"],
+            email=row["lead__email"],
+        ),
+        "score_total": row["score_total"],
+        "billing_eligibility": row["billing_eligibility"],
+        # No source (leads created by hand): the same object with nulls, so clients need no branch.
+        "source": {
+            "platform": row["lead_source__platform"],
+            "ad_id": row["lead_source__ad_id"] or None,
+            "form_id": row["lead_source__form_id"] or None,
+            "campaign_id": row["lead_source__campaign_id"] or None,
+        },
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "status_changed_at": row["status_changed_at"],
+    }
+
+
+@guarded("portal.leads.detail")
+def portal_lead_detail(*, tenant: Tenant, lead_offer_id: uuid.UUID, can_view_details: bool) -> dict[str, Any]:
+    """One lead_offer with its delivery and timeline: two queries (the row with its lead, offer,
+    source and delivery joined; the events). Missing and foreign ids raise the same `NotFound`."""
+    lead_offer = lead_offer_get_for_tenant(
+        tenant=tenant, lead_offer_id=lead_offer_id, related=("lead", "offer", "lead_source", "delivery")
+    )
+    events = lead_offer_timeline(tenant=tenant, lead_offer_id=lead_offer.pk, limit=TIMELINE_LIMIT)
+    visible = pii_visible(status=lead_offer.status, can_view_details=can_view_details)
+    item = lead_list_item(_list_row(lead_offer), can_view_details=can_view_details)
+    item["qualification_fields"] = redact_pii(
+        lead_offer.qualification_fields or {}, lead_offer_id=lead_offer.pk, visible=visible
+    )
+    item["score_breakdown"] = lead_offer.score_breakdown or {}
+    item["delivery"] = _delivery(lead_offer)
+    item["timeline"] = [
+        {
+            "event_type": event["event_type"],
+            "created_at": event["created_at"],
+            "actor_type": event["actor_type"],
+            "details": redact_pii(event["details"] or {}, lead_offer_id=lead_offer.pk, visible=visible),
+        }
+        for event in events
+    ]
+    return item
+
+
+def _list_row(lead_offer: LeadOffer) -> dict[str, Any]:
+    lead, offer, source = lead_offer.lead, lead_offer.offer, lead_offer.lead_source
+    return {
+        "id": lead_offer.pk,
+        "status": lead_offer.status,
+        "offer_id": lead_offer.offer_id,
+        "offer__name": offer.name if offer is not None else None,
+        "lead__full_name": lead.full_name,
+        "lead__first_name": lead.first_name,
+        "lead__last_name": lead.last_name,
+        "lead__phone": lead.phone,
+        "lead__email": lead.email,
+        "score_total": lead_offer.score_total,
+        "billing_eligibility": lead_offer.billing_eligibility,
+        "lead_source__platform": source.platform if source is not None else None,
+        "lead_source__ad_id": source.ad_id if source is not None else None,
+        "lead_source__form_id": source.form_id if source is not None else None,
+        "lead_source__campaign_id": source.campaign_id if source is not None else None,
+        "created_at": lead_offer.created_at,
+        "updated_at": lead_offer.updated_at,
+        "status_changed_at": lead_offer.status_changed_at,
+    }
+
+
+def _delivery(lead_offer: LeadOffer) -> dict[str, Any] | None:
+    try:
+        delivery = lead_offer.delivery  # type: ignore[attr-defined]  # reverse one-to-one, joined
+    except ObjectDoesNotExist:
+        return None
+    return {
+        "status": delivery.status,
+        "attempts": delivery.attempt_count,
+        "delivered_at": delivery.delivered_at,
+        "blocked_reason": delivery.blocked_reason or None,
+    }

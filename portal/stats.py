@@ -1,0 +1,299 @@
+"""Reads behind `GET /api/portal/leads/stats` and `GET /api/portal/funnel` (decisions D1, D2, D8a, D9).
+
+Composition only: the stage map comes from `leads.funnel`, the balance from `billing.selectors`, the
+daily trend from `portal.stats_view`. Every live count is a SQL aggregate (never rows counted in
+Python) run through `guarded`, and every window ("today", "7d", `created_from`) is cut at the tenant's
+local midnight, computed at read time.
+
+The `*_compute` functions return JSON-able dicts (they are what the cache stores); the `*_get`
+functions wrap them in `cached_read` with the tenant-versioned keys, so a lead change invalidates them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from billing.services import credit_balance_get
+from converzia.cache import (
+    TTL_FUNNEL,
+    TTL_STATS,
+    CachedRead,
+    cached_read,
+    tenant_funnel_key,
+    tenant_stats_key,
+)
+from converzia.db.timeouts import guarded
+from converzia.models import Tenant
+from converzia.tenancy import scoped
+from leads.funnel import FUNNEL_STAGES, STAGE_KEYS, conversion_rate, stage_count_aggregates
+from leads.models import (
+    DisqualificationCategory,
+    LeadEvent,
+    LeadEventType,
+    LeadOffer,
+    LeadOfferStatus,
+    OfferStatus,
+)
+from leads.selectors import offer_get_for_tenant, offer_list_for_tenant
+from portal.stats_view import (
+    VIEW_HISTORY_DAYS,
+    DailyTrend,
+    tenant_daily_trend,
+    tenant_local_today,
+    tenant_zone,
+)
+
+STATS_DAYS_DEFAULT = 30
+STATS_DAYS_MAX = VIEW_HISTORY_DAYS  # the trend cannot reach further back than the view keeps
+# The fixed windows of `leads_*` / `delivered_*`, in local days counting today.
+STATS_WINDOWS: dict[str, int] = {"today": 1, "7d": 7, "30d": 30}
+
+_STATUSES: tuple[str, ...] = tuple(LeadOfferStatus.values)
+_CATEGORIES: tuple[str, ...] = tuple(DisqualificationCategory.values)
+_KNOWN_CATEGORIES = tuple(c for c in _CATEGORIES if c != DisqualificationCategory.OTHER)
+
+
+def local_midnight(tenant: Tenant, day: dt.date) -> dt.datetime:
+    """The instant the tenant's local `day` starts (what "since midnight" means everywhere here)."""
+    return dt.datetime.combine(day, dt.time.min, tzinfo=tenant_zone(tenant))
+
+
+def _window_starts(tenant: Tenant, today: dt.date) -> dict[str, dt.datetime]:
+    return {
+        name: local_midnight(tenant, today - dt.timedelta(days=days - 1))
+        for name, days in STATS_WINDOWS.items()
+    }
+
+
+# --- leads/stats -----------------------------------------------------------------------------------
+
+
+def _lead_offer_aggregates(window_starts: dict[str, dt.datetime]) -> dict[str, Count]:
+    """Every lead_offer counter of the stats body, as `Count(filter=...)` for ONE aggregate."""
+    disqualified = Q(status=LeadOfferStatus.DISQUALIFIED)
+    aggregates: dict[str, Count] = {"total": Count("pk"), **stage_count_aggregates()}
+    aggregates |= {f"status:{status}": Count("pk", filter=Q(status=status)) for status in _STATUSES}
+    # Only DISQUALIFIED rows (DOMAIN.md §4; v1's views counted any status). An empty or unknown
+    # category is `OTHER`.
+    aggregates |= {
+        f"dq:{category}": Count("pk", filter=disqualified & Q(disqualification_category=category))
+        for category in _KNOWN_CATEGORIES
+    }
+    aggregates[f"dq:{DisqualificationCategory.OTHER}"] = Count(
+        "pk", filter=disqualified & ~Q(disqualification_category__in=_KNOWN_CATEGORIES)
+    )
+    aggregates |= {
+        f"leads:{name}": Count("pk", filter=Q(created_at__gte=start)) for name, start in window_starts.items()
+    }
+    return aggregates
+
+
+def _live_counts(*, tenant: Tenant, window_starts: dict[str, dt.datetime]) -> dict[str, Any]:
+    """Four statements: the lead_offers aggregate, the deliveries aggregate, the balance, the offers."""
+    counts = scoped(LeadOffer, tenant).order_by().aggregate(**_lead_offer_aggregates(window_starts))
+    # Delivered = DELIVERY_COMPLETED events, not lead_offers currently SENT_TO_DEVELOPER by
+    # status_changed_at: a delivered lead may later move on (SENT_TO_DEVELOPER → STOPPED) and would
+    # vanish from the window, while the event is immutable and dated when the delivery completed,
+    # the same instant (deliveries.delivered_at) the trend's `delivered` counts. Index-only on
+    # idx_lead_events_tenant_type_created.
+    oldest = min(window_starts.values())
+    delivered = (
+        scoped(LeadEvent, tenant)
+        .filter(event_type=LeadEventType.DELIVERY_COMPLETED, created_at__gte=oldest)
+        .order_by()
+        .aggregate(
+            **{
+                # Count a column of the index, not the id: reading the id would mean the heap.
+                f"delivered:{name}": Count("created_at", filter=Q(created_at__gte=start))
+                for name, start in window_starts.items()
+            }
+        )
+    )
+    # The one balance definition, one query (balance_summary_get would add the pricing row).
+    balance = credit_balance_get(tenant=tenant)
+    active_offers = offer_list_for_tenant(tenant=tenant, statuses=[OfferStatus.ACTIVE]).count()
+    return {**counts, **delivered, "credit_balance": balance, "active_offers": active_offers}
+
+
+def _stats_reads(*, tenant: Tenant, today: dt.date, days: int) -> tuple[dict[str, Any], DailyTrend]:
+    live = _live_counts(tenant=tenant, window_starts=_window_starts(tenant, today))
+    return live, tenant_daily_trend(tenant=tenant, days=days, until=today)
+
+
+def lead_stats_compute(
+    *, tenant: Tenant, days: int = STATS_DAYS_DEFAULT, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The stats body without `tenant_id`, `as_of` and `cached` (JSON-able, for the cache).
+
+    `sum(stages) == total` by construction: both come from the same aggregate and the stage map has
+    no gaps or overlaps (leads.funnel). Rows are counted by `lead_offers.tenant_id`, so unmapped
+    leads (no offer) are in `received` and `total`.
+    """
+    if not 1 <= days <= STATS_DAYS_MAX:
+        raise ValueError(f"days must be between 1 and {STATS_DAYS_MAX}, not {days}.")
+    today = tenant_local_today(tenant, now=now)
+    # One guard (one transaction, one SET LOCAL) for the six statements: a guard each would add
+    # three round trips apiece (BEGIN, SET LOCAL, COMMIT) to statements that take a millisecond.
+    live, trend = guarded("portal.stats.read").run(_stats_reads, tenant=tenant, today=today, days=days)
+    stages = {key: live[key] for key in STAGE_KEYS}
+    return {
+        "total": live["total"],
+        "stages": stages,
+        "statuses": {status: live[f"status:{status}"] for status in _STATUSES},
+        "disqualification": {category: live[f"dq:{category}"] for category in _CATEGORIES},
+        "conversion_rate": conversion_rate(stages["delivered"], live["total"]),
+        **{f"leads_{name}": live[f"leads:{name}"] for name in STATS_WINDOWS},
+        **{f"delivered_{name}": live[f"delivered:{name}"] for name in STATS_WINDOWS},
+        "credit_balance": live["credit_balance"],
+        "active_offers": live["active_offers"],
+        "trend": [
+            {"date": point.day.isoformat(), "received": point.received, "delivered": point.delivered}
+            for point in trend.points
+        ],
+    }
+
+
+def lead_stats_get(
+    *, tenant: Tenant, days: int = STATS_DAYS_DEFAULT, fresh: bool = False
+) -> CachedRead[dict[str, Any]]:
+    """`lead_stats_compute`, cached 60 s per tenant version, `days` and local date.
+
+    The local date is in the key so "today" rolls over at the tenant's midnight, not up to a TTL later.
+    """
+    now = timezone.now()
+    today = tenant_local_today(tenant, now=now)
+    return cached_read(
+        family="stats",
+        key=tenant_stats_key(tenant.pk, days, today.isoformat()),
+        ttl=TTL_STATS,
+        compute=lambda: lead_stats_compute(tenant=tenant, days=days, now=now),
+        fresh=fresh,
+    )
+
+
+# --- funnel ----------------------------------------------------------------------------------------
+
+
+def _created_range_q(tenant: Tenant, created_from: dt.date | None, created_to: dt.date | None) -> Q:
+    """`created_from` and `created_to` are local dates, both inclusive."""
+    condition = Q()
+    if created_from is not None:
+        condition &= Q(created_at__gte=local_midnight(tenant, created_from))
+    if created_to is not None:
+        condition &= Q(created_at__lt=local_midnight(tenant, created_to + dt.timedelta(days=1)))
+    return condition
+
+
+def _share(count: int, total: int) -> float:
+    return round(count * 100 / total, 2) if total else 0.0
+
+
+def _funnel_counts(
+    *, tenant: Tenant, offer_id: uuid.UUID | None, created_from: dt.date | None, created_to: dt.date | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Two statements (plus one with an offer filter, to 404 a missing or foreign offer).
+
+    The aggregate groups lead_offers by offer_id in ONE query, the NULL (unmapped) group included; the
+    offers' names come from a separate lightweight query rather than a join, so the aggregate reads
+    lead_offers alone, through idx_lead_offers_tenant_status_offer.
+    """
+    if offer_id is not None:
+        offer = offer_get_for_tenant(tenant=tenant, offer_id=offer_id)
+        offers = [{"id": offer.pk, "name": offer.name, "status": offer.status}]
+    else:
+        offers = list(offer_list_for_tenant(tenant=tenant).order_by().values("id", "name", "status"))
+    rows = scoped(LeadOffer, tenant).filter(_created_range_q(tenant, created_from, created_to))
+    if offer_id is not None:
+        rows = rows.filter(offer_id=offer_id)
+    groups = list(rows.order_by().values("offer_id").annotate(total=Count("pk"), **stage_count_aggregates()))
+    return offers, groups
+
+
+def funnel_compute(
+    *,
+    tenant: Tenant,
+    offer_id: uuid.UUID | None = None,
+    created_from: dt.date | None = None,
+    created_to: dt.date | None = None,
+) -> dict[str, Any]:
+    """The funnel body without `as_of` and `cached` (JSON-able, for the cache).
+
+    Tenant totals are the sum over every group, the unmapped one included; `offers` lists each of the
+    tenant's offers (only the named one with `offer_id`), zero-filled, most leads first. Raises
+    `NotFound` for a missing or another tenant's offer.
+    """
+    offers, groups = guarded("portal.funnel.by_offer").run(
+        _funnel_counts, tenant=tenant, offer_id=offer_id, created_from=created_from, created_to=created_to
+    )
+    by_offer = {row["offer_id"]: row for row in groups}
+    totals = {key: sum(row[key] for row in groups) for key in STAGE_KEYS}
+    total = sum(row["total"] for row in groups)
+    offer_items = []
+    for offer in offers:
+        row = by_offer.get(offer["id"]) or {"total": 0, **dict.fromkeys(STAGE_KEYS, 0)}
+        offer_items.append(
+            {
+                "offer_id": str(offer["id"]),
+                "name": offer["name"],
+                "status": offer["status"],
+                "total": row["total"],
+                "stages": {key: row[key] for key in STAGE_KEYS},
+                "conversion_rate": conversion_rate(row["delivered"], row["total"]),
+            }
+        )
+    offer_items.sort(key=lambda item: (-item["total"], item["name"], item["offer_id"]))
+    return {
+        "stages": [
+            {
+                "key": stage.key,
+                "label": stage.label,
+                "count": totals[stage.key],
+                "share": _share(totals[stage.key], total),
+            }
+            for stage in FUNNEL_STAGES
+        ],
+        "total": total,
+        "conversion_rate": conversion_rate(totals["delivered"], total),
+        "offers": offer_items,
+    }
+
+
+def funnel_get(
+    *,
+    tenant: Tenant,
+    offer_id: uuid.UUID | None = None,
+    created_from: dt.date | None = None,
+    created_to: dt.date | None = None,
+    fresh: bool = False,
+) -> CachedRead[dict[str, Any]]:
+    """`funnel_compute`, cached 120 s per tenant version and parameters."""
+    return cached_read(
+        family="funnel",
+        key=tenant_funnel_key(
+            tenant.pk,
+            offer_id or "all",
+            created_from.isoformat() if created_from else "",
+            created_to.isoformat() if created_to else "",
+        ),
+        ttl=TTL_FUNNEL,
+        compute=lambda: funnel_compute(
+            tenant=tenant, offer_id=offer_id, created_from=created_from, created_to=created_to
+        ),
+        fresh=fresh,
+    )
+
+
+__all__ = [
+    "STATS_DAYS_DEFAULT",
+    "STATS_DAYS_MAX",
+    "funnel_compute",
+    "funnel_get",
+    "lead_stats_compute",
+    "lead_stats_get",
+    "local_midnight",
+]
