@@ -13,6 +13,11 @@ from converzia.tenancy import TenantScopedQuerySet
 from leads.models import LeadOffer, Offer
 
 
+def delivery_webhook_id(delivery_id: uuid.UUID) -> str:
+    """Standard Webhooks `webhook-id`: derived from the delivery, so every retry carries the same."""
+    return f"msg_{delivery_id.hex}"
+
+
 class DestinationType(models.TextChoices):
     WEBHOOK = "WEBHOOK"
 
@@ -190,7 +195,7 @@ class Delivery(TimestampedModel):
     @property
     def webhook_id(self) -> str:
         """Standard Webhooks `webhook-id`: stable across retries, so receivers can deduplicate."""
-        return f"msg_{self.pk.hex}"
+        return delivery_webhook_id(self.pk)
 
 
 class DeliveryAttempt(models.Model):

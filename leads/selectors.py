@@ -198,3 +198,17 @@ def lead_offer_timeline(
     )
     rows.reverse()
     return rows
+
+
+def lead_offer_get_for_staff(*, lead_offer_id: str | uuid.UUID) -> LeadOffer:
+    """A lead_offer of any tenant, for staff APIs only (tenant-facing reads use the `_for_tenant`
+    selectors). Loads the id and tenant: the services lock and re-read the row themselves. A malformed
+    or unknown id is `NotFound`."""
+    try:
+        pk = lead_offer_id if isinstance(lead_offer_id, uuid.UUID) else uuid.UUID(str(lead_offer_id))
+    except ValueError:
+        raise NotFound() from None
+    lead_offer = LeadOffer.objects.only("id", "tenant_id").filter(pk=pk).first()
+    if lead_offer is None:
+        raise NotFound()
+    return lead_offer

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import QuerySet
@@ -23,6 +22,7 @@ from leads.funnel import stage_for_status, statuses_for_stage
 from leads.models import LeadOffer
 from leads.privacy import lead_contact, pii_visible, redact_pii
 from leads.selectors import lead_offer_get_for_tenant, lead_offer_list_for_tenant, lead_offer_timeline
+from portal.stats_view import tenant_local_midnight
 
 TIMELINE_LIMIT = 200
 
@@ -37,11 +37,6 @@ class LeadFilters:
     q: str | None = None
 
 
-def local_day_start(day: dt.date, tenant: Tenant) -> dt.datetime:
-    """Midnight of `day` in the tenant's time zone (DOMAIN.md §10.18: one rule for daily buckets)."""
-    return dt.datetime.combine(day, dt.time.min, tzinfo=ZoneInfo(tenant.timezone))
-
-
 def portal_lead_offers(*, tenant: Tenant, filters: LeadFilters, can_view_details: bool) -> QuerySet[Any]:
     """The (lazy) filtered list query; dates become the tenant's local-midnight bounds."""
     return lead_offer_list_for_tenant(
@@ -49,9 +44,11 @@ def portal_lead_offers(*, tenant: Tenant, filters: LeadFilters, can_view_details
         statuses=filters.statuses,
         stage_statuses=statuses_for_stage(filters.stage) if filters.stage else None,
         offer_id=filters.offer_id,
-        created_from=local_day_start(filters.created_from, tenant) if filters.created_from else None,
+        created_from=tenant_local_midnight(tenant, filters.created_from) if filters.created_from else None,
         created_before=(
-            local_day_start(filters.created_to + dt.timedelta(days=1), tenant) if filters.created_to else None
+            tenant_local_midnight(tenant, filters.created_to + dt.timedelta(days=1))
+            if filters.created_to
+            else None
         ),
         q=filters.q,
         can_view_details=can_view_details,

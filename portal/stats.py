@@ -44,8 +44,8 @@ from portal.stats_view import (
     VIEW_HISTORY_DAYS,
     DailyTrend,
     tenant_daily_trend,
+    tenant_local_midnight,
     tenant_local_today,
-    tenant_zone,
 )
 
 STATS_DAYS_DEFAULT = 30
@@ -58,14 +58,9 @@ _CATEGORIES: tuple[str, ...] = tuple(DisqualificationCategory.values)
 _KNOWN_CATEGORIES = tuple(c for c in _CATEGORIES if c != DisqualificationCategory.OTHER)
 
 
-def local_midnight(tenant: Tenant, day: dt.date) -> dt.datetime:
-    """The instant the tenant's local `day` starts (what "since midnight" means everywhere here)."""
-    return dt.datetime.combine(day, dt.time.min, tzinfo=tenant_zone(tenant))
-
-
 def _window_starts(tenant: Tenant, today: dt.date) -> dict[str, dt.datetime]:
     return {
-        name: local_midnight(tenant, today - dt.timedelta(days=days - 1))
+        name: tenant_local_midnight(tenant, today - dt.timedelta(days=days - 1))
         for name, days in STATS_WINDOWS.items()
     }
 
@@ -183,9 +178,9 @@ def _created_range_q(tenant: Tenant, created_from: dt.date | None, created_to: d
     """`created_from` and `created_to` are local dates, both inclusive."""
     condition = Q()
     if created_from is not None:
-        condition &= Q(created_at__gte=local_midnight(tenant, created_from))
+        condition &= Q(created_at__gte=tenant_local_midnight(tenant, created_from))
     if created_to is not None:
-        condition &= Q(created_at__lt=local_midnight(tenant, created_to + dt.timedelta(days=1)))
+        condition &= Q(created_at__lt=tenant_local_midnight(tenant, created_to + dt.timedelta(days=1)))
     return condition
 
 
@@ -295,5 +290,4 @@ __all__ = [
     "funnel_get",
     "lead_stats_compute",
     "lead_stats_get",
-    "local_midnight",
 ]

@@ -188,6 +188,11 @@ def tenant_zone(tenant: Tenant) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo("UTC")
 
 
+def tenant_local_midnight(tenant: Tenant, day: dt.date) -> dt.datetime:
+    """The instant the tenant's local `day` starts: every daily bound ("today", date filters) uses it."""
+    return dt.datetime.combine(day, dt.time.min, tzinfo=tenant_zone(tenant))
+
+
 def tenant_local_today(tenant: Tenant, *, now: dt.datetime | None = None) -> dt.date:
     return (now or timezone.now()).astimezone(tenant_zone(tenant)).date()
 

@@ -35,3 +35,14 @@ class ChoiceListField(serializers.ListField):
         parts = [part.strip() for value in data for part in str(value).split(",") if part.strip()]
         # Keep the first occurrence of each choice, in order.
         return list(dict.fromkeys(super().to_internal_value(parts)))
+
+
+class StrictInputSerializer(serializers.Serializer):
+    """Refuses body fields it does not declare (400 `invalid_input`, one entry per unknown field)."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(self.initial_data, dict):
+            unknown = sorted(set(self.initial_data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return attrs

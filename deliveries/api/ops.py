@@ -19,8 +19,6 @@ The views only validate, call one service of `deliveries.services.lifecycle` and
 
 from __future__ import annotations
 
-import uuid
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
@@ -28,7 +26,6 @@ from rest_framework.response import Response
 
 from converzia.api.base import ApiViewSet
 from converzia.api.permissions import IsStaff
-from converzia.errors import NotFound
 from converzia.request_context import tenant_id_var
 from deliveries.api.serializers import (
     LeadOfferQualificationSerializer,
@@ -37,6 +34,7 @@ from deliveries.api.serializers import (
 )
 from deliveries.services import lead_offer_advance, lead_offer_qualify
 from leads.models import LeadOffer
+from leads.selectors import lead_offer_get_for_staff
 
 ID_PARAMETER = OpenApiParameter(
     "id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The lead_offer id."
@@ -44,17 +42,8 @@ ID_PARAMETER = OpenApiParameter(
 
 
 def _lead_offer_for_staff(lead_offer_id: str) -> LeadOffer:
-    """The lead_offer to act on (any tenant: staff only), its tenant put in the logging context.
-
-    Loads the id and tenant only: the services lock and re-read the row themselves.
-    """
-    try:
-        pk = uuid.UUID(lead_offer_id)
-    except ValueError:
-        raise NotFound() from None
-    lead_offer = LeadOffer.objects.only("id", "tenant_id").filter(pk=pk).first()
-    if lead_offer is None:
-        raise NotFound()
+    """The lead_offer to act on (any tenant: staff only), its tenant put in the logging context."""
+    lead_offer = lead_offer_get_for_staff(lead_offer_id=lead_offer_id)
     tenant_id_var.set(str(lead_offer.tenant_id))
     return lead_offer
 

@@ -17,23 +17,13 @@ from typing import Any
 
 from rest_framework import serializers
 
+from converzia.api.serializers import StrictInputSerializer
 from deliveries.models import DeliveryBlockedReason, DeliveryStatus
 from leads.models import BillingEligibility, DisqualificationCategory, LeadOfferStatus
 
 JSON_OBJECT_MAX_KEYS = 64
 JSON_OBJECT_MAX_BYTES = 16 * 1024
 REASON_MAX_LENGTH = 2000
-
-
-class StrictInputSerializer(serializers.Serializer):
-    """Refuses body fields it does not declare (400 `invalid_input`, one entry per unknown field)."""
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(self.initial_data, dict):
-            unknown = sorted(set(self.initial_data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return attrs
 
 
 class StrictIntegerField(serializers.IntegerField):

@@ -49,6 +49,7 @@ from deliveries.models import (
     DeliveryBlockedReason,
     DeliveryDestination,
     DeliveryStatus,
+    delivery_webhook_id,
 )
 from deliveries.services.lifecycle import (
     SendRecord,
@@ -56,7 +57,6 @@ from deliveries.services.lifecycle import (
     attempt_row,
     backoff_delay_s,
     deliveries_complete,
-    delivery_webhook_id,
     destinations_touch,
     is_chargeable,
 )

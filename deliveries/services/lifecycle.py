@@ -30,6 +30,7 @@ from deliveries.models import (
     DeliveryDestination,
     DeliveryStatus,
     NoChargeReason,
+    delivery_webhook_id,
 )
 from leads.errors import LeadOfferInvalidTransition
 from leads.models import (
@@ -66,11 +67,6 @@ def _actor_type(actor: User | None) -> str:
 
 def is_chargeable(billing_eligibility: str) -> bool:
     return billing_eligibility not in _NOT_CHARGED
-
-
-def delivery_webhook_id(delivery_id: uuid.UUID) -> str:
-    """Standard Webhooks `webhook-id`: derived from the delivery, so every retry carries the same."""
-    return f"msg_{delivery_id.hex}"
 
 
 # --- Creation -------------------------------------------------------------------------------------

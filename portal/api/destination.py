@@ -25,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from converzia.api.base import TenantViewSet
+from converzia.api.serializers import StrictInputSerializer
 from converzia.api.throttling import DeliveryTestRateThrottle
 from converzia.tenancy import Permission
 from deliveries.models import DeliveryDestination
@@ -85,20 +86,13 @@ class DeliveryDestinationViewSet(TenantViewSet):
             return [DeliveryTestRateThrottle()]
         return super().get_throttles()
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         url = serializers.CharField(
             help_text="Your receiver's https URL. Its host must resolve to public addresses only."
         )
         is_active = serializers.BooleanField(
             required=False, default=True, help_text="Deliver to it (default true)."
         )
-
-        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            if isinstance(self.initial_data, dict):
-                unknown = sorted(set(self.initial_data) - set(self.fields))
-                if unknown:
-                    raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-            return attrs
 
     class OutputSerializer(serializers.Serializer):
         url = serializers.CharField(allow_null=True, help_text="Null when no destination is configured.")

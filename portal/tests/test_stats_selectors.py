@@ -15,8 +15,8 @@ from deliveries.tests.factories import DeliveryFactory
 from leads.funnel import FUNNEL_STAGES, STAGE_BY_STATUS, STAGE_KEYS
 from leads.models import DisqualificationCategory, LeadEventType, LeadOffer, LeadOfferStatus, OfferStatus
 from leads.tests.factories import LeadEventFactory, LeadOfferFactory, OfferFactory
-from portal.stats import funnel_compute, lead_stats_compute, local_midnight
-from portal.stats_view import tenant_daily_trend, tenant_stats_refresh
+from portal.stats import funnel_compute, lead_stats_compute
+from portal.stats_view import tenant_daily_trend, tenant_local_midnight, tenant_stats_refresh
 
 pytestmark = pytest.mark.django_db
 
@@ -230,7 +230,7 @@ def test_stats_query_count(dataset, tenant, django_assert_max_num_queries):
 def test_local_midnight_is_in_the_tenants_zone(tenant):
     tenant.timezone = BUENOS_AIRES
 
-    assert local_midnight(tenant, dt.date(2026, 3, 1)) == dt.datetime(2026, 3, 1, 3, 0, tzinfo=dt.UTC)
+    assert tenant_local_midnight(tenant, dt.date(2026, 3, 1)) == dt.datetime(2026, 3, 1, 3, 0, tzinfo=dt.UTC)
 
 
 # --- funnel ----------------------------------------------------------------------------------------
