@@ -255,6 +255,13 @@ class CreditLedger(models.Model):
                 models.F("id").desc(),
                 name="idx_credit_ledger_tenant_created",
             ),
+            # Admin revenue sums charges and refunds by day across tenants, index-only.
+            models.Index(
+                fields=["created_at"],
+                include=["tenant", "transaction_type", "amount"],
+                condition=models.Q(transaction_type__in=["CREDIT_CONSUMPTION", "CREDIT_REFUND"]),
+                name="idx_credit_ledger_charges_created",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -165,6 +165,13 @@ class Delivery(TimestampedModel):
             choices_check("status", DeliveryStatus, "deliveries_status_valid"),
         ]
         indexes = [
+            # Admin revenue counts completed deliveries by `delivered_at`, across tenants, index-only.
+            models.Index(
+                fields=["delivered_at"],
+                include=["tenant", "offer"],
+                condition=models.Q(delivered_at__isnull=False),
+                name="idx_deliveries_delivered_at",
+            ),
             # The guide's queue scan: deliveries by status, newest first.
             models.Index(
                 models.F("status"), models.F("created_at").desc(), name="idx_deliveries_status_created"

@@ -5,11 +5,14 @@ Every count in the system (API, materialized view, admin) is generated from this
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-from django.db.models import Count, Q
+from typing import TypeVar
 
 from leads.models import LeadOfferStatus as S
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,24 @@ def unmapped_statuses() -> list[str]:
     return [status for status in S.values if status not in STAGE_BY_STATUS]
 
 
-def stage_count_aggregates(status_field: str = "status") -> dict[str, Count]:
-    """One `Count(filter=...)` per stage, for `.aggregate()` or `.annotate()` over lead_offers."""
-    # Counting the status column (never NULL) rather than the primary key lets PostgreSQL answer
-    # from idx_lead_offers_tenant_status_offer alone (an index-only scan).
-    return {
-        stage.key: Count(status_field, filter=Q(**{f"{status_field}__in": stage.statuses}))
-        for stage in FUNNEL_STAGES
-    }
+def stage_counts(status_counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts per stage from counts per status (a `GROUP BY status`), through the one stage map.
+
+    PostgreSQL counts one group per status faster than it evaluates a FILTER per stage on every row,
+    and folding here keeps `sum(stages) == total` true by construction.
+    """
+    stages = dict.fromkeys(STAGE_KEYS, 0)
+    for status, count in status_counts.items():
+        stages[STAGE_BY_STATUS[status]] += count
+    return stages
+
+
+def status_counts_by_group(rows: Iterable[tuple[K, str, int]]) -> dict[K, dict[str, int]]:
+    """`(group, status, count)` rows, as `GROUP BY group, status` returns them, nested by group."""
+    grouped: dict[K, dict[str, int]] = defaultdict(dict)
+    for group, status, count in rows:
+        grouped[group][status] = count
+    return dict(grouped)
 
 
 def conversion_rate(delivered: int, total: int) -> float:

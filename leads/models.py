@@ -379,6 +379,27 @@ class LeadOffer(TimestampedModel):
             # Per-offer funnel counts within a tenant, index-only.
             models.Index(fields=["tenant", "status", "offer"], name="idx_lead_offers_tenant_status_offer"),
             models.Index(fields=["offer"], name="idx_lead_offers_offer"),
+            # Rows created in a window (stats "leads_7d", the funnel's created_from/created_to), with
+            # the columns those counts group by, so both are index-only.
+            models.Index(
+                fields=["tenant", "created_at"],
+                include=["status", "offer"],
+                name="idx_lead_offers_tenant_created",
+            ),
+            # Stats' disqualification breakdown: DISQUALIFIED rows by category, index-only.
+            models.Index(
+                fields=["tenant", "disqualification_category"],
+                condition=models.Q(status="DISQUALIFIED"),
+                name="idx_lead_offers_tenant_disqualified",
+            ),
+            # Admin revenue counts leads made ready by the instant of their first LEAD_READY
+            # (`qualified_at`, set once by the status trigger), across tenants, index-only.
+            models.Index(
+                fields=["qualified_at"],
+                include=["tenant", "offer"],
+                condition=models.Q(qualified_at__isnull=False),
+                name="idx_lead_offers_qualified_at",
+            ),
             # Contact scheduler: only rows that still wait for an attempt.
             models.Index(
                 fields=["next_attempt_at"],

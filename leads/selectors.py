@@ -5,17 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Q, QuerySet
 
 from converzia.errors import NotFound
 from converzia.models import Tenant
 from converzia.tenancy import scoped
 from leads.errors import InvalidPhone
-from leads.funnel import STAGE_KEYS, conversion_rate, stage_count_aggregates
+from leads.funnel import STAGE_KEYS, conversion_rate, stage_counts
 from leads.models import LeadEvent, LeadOffer, Offer
 from leads.phones import normalize_phone
 from leads.privacy import pii_visible_q
@@ -32,6 +32,12 @@ class FunnelCounts:
     @classmethod
     def empty(cls) -> FunnelCounts:
         return cls(total=0, stages=dict.fromkeys(STAGE_KEYS, 0), conversion_rate=0.0)
+
+    @classmethod
+    def from_status_counts(cls, status_counts: Mapping[str, int]) -> FunnelCounts:
+        stages = stage_counts(status_counts)
+        total = sum(status_counts.values())
+        return cls(total=total, stages=stages, conversion_rate=conversion_rate(stages["delivered"], total))
 
 
 # --- offers --------------------------------------------------------------------------------------
@@ -55,38 +61,6 @@ def offer_get_for_tenant(*, tenant: Tenant, offer_id: uuid.UUID | str) -> Offer:
     if offer is None:
         raise NotFound()
     return offer
-
-
-def offer_funnels_for_tenant(
-    *, tenant: Tenant, offer_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, FunnelCounts]:
-    """Funnel counts of the given offers in ONE grouped query (offers without leads count zero)."""
-    if not offer_ids:
-        return {}
-    rows = (
-        scoped(LeadOffer, tenant)
-        .filter(offer_id__in=list(offer_ids))
-        .order_by()
-        .values("offer_id")
-        .annotate(total=Count("pk"), **stage_count_aggregates())
-    )
-    funnels = {offer_id: FunnelCounts.empty() for offer_id in offer_ids}
-    for row in rows:
-        stages = {key: row[key] for key in STAGE_KEYS}
-        funnels[row["offer_id"]] = FunnelCounts(
-            total=row["total"],
-            stages=stages,
-            conversion_rate=conversion_rate(stages["delivered"], row["total"]),
-        )
-    return funnels
-
-
-def offers_with_funnels(*, tenant: Tenant, offers: Sequence[Offer]) -> list[Offer]:
-    """`offers`, each with a `funnel` attribute (`FunnelCounts`), for one extra query in total."""
-    funnels = offer_funnels_for_tenant(tenant=tenant, offer_ids=[offer.pk for offer in offers])
-    for offer in offers:
-        offer.funnel = funnels[offer.pk]  # type: ignore[attr-defined]
-    return list(offers)
 
 
 # --- lead_offers ---------------------------------------------------------------------------------

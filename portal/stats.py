@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import Count, Q
@@ -30,16 +32,17 @@ from converzia.cache import (
 from converzia.db.timeouts import guarded
 from converzia.models import Tenant
 from converzia.tenancy import scoped
-from leads.funnel import FUNNEL_STAGES, STAGE_KEYS, conversion_rate, stage_count_aggregates
+from leads.funnel import FUNNEL_STAGES, STAGE_KEYS, conversion_rate, stage_counts, status_counts_by_group
 from leads.models import (
     DisqualificationCategory,
     LeadEvent,
     LeadEventType,
     LeadOffer,
     LeadOfferStatus,
+    Offer,
     OfferStatus,
 )
-from leads.selectors import offer_get_for_tenant, offer_list_for_tenant
+from leads.selectors import FunnelCounts, offer_get_for_tenant, offer_list_for_tenant
 from portal.stats_view import (
     VIEW_HISTORY_DAYS,
     DailyTrend,
@@ -68,29 +71,45 @@ def _window_starts(tenant: Tenant, today: dt.date) -> dict[str, dt.datetime]:
 # --- leads/stats -----------------------------------------------------------------------------------
 
 
-def _lead_offer_aggregates(window_starts: dict[str, dt.datetime]) -> dict[str, Count]:
-    """Every lead_offer counter of the stats body, as `Count(filter=...)` for ONE aggregate."""
-    disqualified = Q(status=LeadOfferStatus.DISQUALIFIED)
-    aggregates: dict[str, Count] = {"total": Count("pk"), **stage_count_aggregates()}
-    aggregates |= {f"status:{status}": Count("pk", filter=Q(status=status)) for status in _STATUSES}
+def _lead_offer_counts(*, tenant: Tenant, window_starts: dict[str, dt.datetime]) -> dict[str, int]:
+    """Every lead_offer counter of the stats body, in three index-only statements.
+
+    One aggregate over all the counters would read the heap of every row of the tenant (its columns
+    span several indexes); at a whale's 500,000 rows that is a parallel sequential scan of the table.
+    Split by the index that answers each part, nothing touches the heap:
+    - counts by status: idx_lead_offers_tenant_status_offer (stages and total derive from these
+      through the one stage map, so `sum(stages) == total` by construction);
+    - DISQUALIFIED rows by category: idx_lead_offers_tenant_disqualified (partial);
+    - rows created in the windows: idx_lead_offers_tenant_created, from the oldest window start on.
+    """
+    rows = scoped(LeadOffer, tenant).order_by()
+    by_status = dict(rows.values_list("status").annotate(n=Count("*")))
+    by_category = dict(
+        rows.filter(status=LeadOfferStatus.DISQUALIFIED)
+        .values_list("disqualification_category")
+        .annotate(n=Count("*"))
+    )
+    created = rows.filter(created_at__gte=min(window_starts.values())).aggregate(
+        **{
+            f"leads:{name}": Count("created_at", filter=Q(created_at__gte=start))
+            for name, start in window_starts.items()
+        }
+    )
+    counts: dict[str, int] = {f"status:{status}": by_status.get(status, 0) for status in _STATUSES}
+    counts["total"] = sum(by_status.values())
+    counts |= stage_counts(by_status)
     # Only DISQUALIFIED rows (DOMAIN.md §4; v1's views counted any status). An empty or unknown
     # category is `OTHER`.
-    aggregates |= {
-        f"dq:{category}": Count("pk", filter=disqualified & Q(disqualification_category=category))
-        for category in _KNOWN_CATEGORIES
-    }
-    aggregates[f"dq:{DisqualificationCategory.OTHER}"] = Count(
-        "pk", filter=disqualified & ~Q(disqualification_category__in=_KNOWN_CATEGORIES)
+    counts |= {f"dq:{category}": by_category.get(category, 0) for category in _KNOWN_CATEGORIES}
+    counts[f"dq:{DisqualificationCategory.OTHER}"] = sum(
+        count for category, count in by_category.items() if category not in _KNOWN_CATEGORIES
     )
-    aggregates |= {
-        f"leads:{name}": Count("pk", filter=Q(created_at__gte=start)) for name, start in window_starts.items()
-    }
-    return aggregates
+    return counts | created
 
 
 def _live_counts(*, tenant: Tenant, window_starts: dict[str, dt.datetime]) -> dict[str, Any]:
-    """Four statements: the lead_offers aggregate, the deliveries aggregate, the balance, the offers."""
-    counts = scoped(LeadOffer, tenant).order_by().aggregate(**_lead_offer_aggregates(window_starts))
+    """Six statements: the three lead_offers counts, the deliveries aggregate, the balance, the offers."""
+    counts = _lead_offer_counts(tenant=tenant, window_starts=window_starts)
     # Delivered = DELIVERY_COMPLETED events, not lead_offers currently SENT_TO_DEVELOPER by
     # status_changed_at: a delivered lead may later move on (SENT_TO_DEVELOPER → STOPPED) and would
     # vanish from the window, while the event is immutable and dated when the delivery completed,
@@ -190,8 +209,9 @@ def _share(count: int, total: int) -> float:
 
 def _funnel_counts(
     *, tenant: Tenant, offer_id: uuid.UUID | None, created_from: dt.date | None, created_to: dt.date | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Two statements (plus one with an offer filter, to 404 a missing or foreign offer).
+) -> tuple[list[dict[str, Any]], dict[uuid.UUID | None, dict[str, int]]]:
+    """Two statements (plus one with an offer filter, to 404 a missing or foreign offer): the offers,
+    and the counts by (offer, status), folded into stages in Python through the stage map.
 
     The aggregate groups lead_offers by offer_id in ONE query, the NULL (unmapped) group included; the
     offers' names come from a separate lightweight query rather than a join, so the aggregate reads
@@ -205,7 +225,7 @@ def _funnel_counts(
     rows = scoped(LeadOffer, tenant).filter(_created_range_q(tenant, created_from, created_to))
     if offer_id is not None:
         rows = rows.filter(offer_id=offer_id)
-    groups = list(rows.order_by().values("offer_id").annotate(total=Count("pk"), **stage_count_aggregates()))
+    groups = status_counts_by_group(rows.order_by().values_list("offer_id", "status").annotate(n=Count("*")))
     return offers, groups
 
 
@@ -225,20 +245,23 @@ def funnel_compute(
     offers, groups = guarded("portal.funnel.by_offer").run(
         _funnel_counts, tenant=tenant, offer_id=offer_id, created_from=created_from, created_to=created_to
     )
-    by_offer = {row["offer_id"]: row for row in groups}
-    totals = {key: sum(row[key] for row in groups) for key in STAGE_KEYS}
-    total = sum(row["total"] for row in groups)
+    by_offer = {offer_id: FunnelCounts.from_status_counts(counts) for offer_id, counts in groups.items()}
+    total_by_status: Counter[str] = Counter()
+    for counts in groups.values():
+        total_by_status.update(counts)
+    tenant_funnel = FunnelCounts.from_status_counts(total_by_status)
+    totals, total = tenant_funnel.stages, tenant_funnel.total
     offer_items = []
     for offer in offers:
-        row = by_offer.get(offer["id"]) or {"total": 0, **dict.fromkeys(STAGE_KEYS, 0)}
+        funnel = by_offer.get(offer["id"]) or FunnelCounts.empty()
         offer_items.append(
             {
                 "offer_id": str(offer["id"]),
                 "name": offer["name"],
                 "status": offer["status"],
-                "total": row["total"],
-                "stages": {key: row[key] for key in STAGE_KEYS},
-                "conversion_rate": conversion_rate(row["delivered"], row["total"]),
+                "total": funnel.total,
+                "stages": funnel.stages,
+                "conversion_rate": funnel.conversion_rate,
             }
         )
     offer_items.sort(key=lambda item: (-item["total"], item["name"], item["offer_id"]))
@@ -253,7 +276,7 @@ def funnel_compute(
             for stage in FUNNEL_STAGES
         ],
         "total": total,
-        "conversion_rate": conversion_rate(totals["delivered"], total),
+        "conversion_rate": tenant_funnel.conversion_rate,
         "offers": offer_items,
     }
 
@@ -283,6 +306,24 @@ def funnel_get(
     )
 
 
+def offers_with_funnels(*, tenant: Tenant, offers: Sequence[Offer]) -> list[Offer]:
+    """`offers`, each with a `funnel` attribute (`FunnelCounts`) from the tenant's all-time funnel.
+
+    These are the numbers of `GET /api/portal/funnel` itself, through its cache (invalidated by any
+    lead change), so the two endpoints always agree and a listed page costs no lead_offers scan while
+    the funnel is cached. An offer missing from the funnel has no leads: zero counts.
+    """
+    by_offer = {item["offer_id"]: item for item in funnel_get(tenant=tenant).value["offers"]}
+    for offer in offers:
+        item = by_offer.get(str(offer.pk))
+        offer.funnel = (  # type: ignore[attr-defined]
+            FunnelCounts(total=item["total"], stages=item["stages"], conversion_rate=item["conversion_rate"])
+            if item
+            else FunnelCounts.empty()
+        )
+    return list(offers)
+
+
 __all__ = [
     "STATS_DAYS_DEFAULT",
     "STATS_DAYS_MAX",
@@ -290,4 +331,5 @@ __all__ = [
     "funnel_get",
     "lead_stats_compute",
     "lead_stats_get",
+    "offers_with_funnels",
 ]

@@ -179,6 +179,13 @@ SPEC: dict[str, Expected] = {
     "idx_lead_offers_tenant_updated": Expected("lead_offers", ("tenant_id", "updated_at DESC", "id DESC")),
     "idx_lead_offers_tenant_status_offer": Expected("lead_offers", ("tenant_id", "status", "offer_id")),
     "idx_lead_offers_offer": Expected("lead_offers", ("offer_id",)),
+    "idx_lead_offers_tenant_created": Expected("lead_offers", ("tenant_id", "created_at")),
+    "idx_lead_offers_tenant_disqualified": Expected(
+        "lead_offers", ("tenant_id", "disqualification_category"), predicate=("'DISQUALIFIED'",)
+    ),
+    "idx_lead_offers_qualified_at": Expected(
+        "lead_offers", ("qualified_at",), predicate=("qualified_at IS NOT NULL",)
+    ),
     "idx_lead_offers_next_attempt": Expected(
         "lead_offers",
         ("next_attempt_at",),
@@ -235,6 +242,12 @@ SPEC: dict[str, Expected] = {
         "platform_costs", ("tenant_id", "platform", "ad_id", "date_start", "date_end"), is_unique=True
     ),
     "idx_platform_costs_date": Expected("platform_costs", ("date_start", "date_end")),
+    "idx_credit_ledger_charges_created": Expected(
+        "credit_ledger", ("created_at",), predicate=("'CREDIT_CONSUMPTION'", "'CREDIT_REFUND'")
+    ),
+    "idx_deliveries_delivered_at": Expected(
+        "deliveries", ("delivered_at",), predicate=("delivered_at IS NOT NULL",)
+    ),
     "idx_credit_alerts_tenant_created": Expected("credit_alerts", ("tenant_id", "created_at DESC")),
     "credit_alerts_ledger_entry_id_key": Expected("credit_alerts", ("ledger_entry_id",), is_unique=True),
     # -- deliveries

@@ -13,8 +13,9 @@ from converzia.api.base import TenantViewSet
 from converzia.api.serializers import ChoiceListField
 from converzia.tenancy import Permission
 from leads.models import Offer, OfferStatus
-from leads.selectors import offer_get_for_tenant, offer_list_for_tenant, offers_with_funnels
+from leads.selectors import offer_get_for_tenant, offer_list_for_tenant
 from portal.api.serializers import FunnelCountsSerializer
+from portal.stats import offers_with_funnels
 
 
 class OfferViewSet(TenantViewSet):
