@@ -16,11 +16,12 @@ LOAD_SPAWN_RATE ?= 5
 LOAD_TIME ?= 30s
 LOAD_HOST ?=
 
-.PHONY: help install run test lint format migrations-check load reset test-env
+.PHONY: help install install-otel run test lint format migrations-check load reset test-env
 
 help:
 	@echo "make run               start the stack (embedded PostgreSQL/Valkey unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test              run the test suite (PYTEST_ARGS='-k ... --create-db' to pass options)"
+	@echo "make install-otel      add the optional OpenTelemetry packages (requirements-otel.txt)"
 	@echo "make lint              ruff check + ruff format --check"
 	@echo "make format            ruff format + ruff check --fix"
 	@echo "make migrations-check  fail when models and migrations disagree"
@@ -37,10 +38,19 @@ $(INSTALLED): requirements.txt | $(PY)
 
 install: $(INSTALLED)
 
+# The optional OpenTelemetry extra (docs/observability.md); `make test` installs it so its tests run.
+OTEL_INSTALLED := $(VENV)/.requirements-otel-installed
+
+$(OTEL_INSTALLED): requirements-otel.txt $(INSTALLED)
+	$(PY) -m pip install --quiet -r requirements-otel.txt
+	@touch $@
+
+install-otel: $(OTEL_INSTALLED)
+
 run: $(INSTALLED)
 	$(PY) -m converzia.devstack run
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(OTEL_INSTALLED)
 	$(PY) -m converzia.devstack test -- $(PYTEST_ARGS)
 
 test-env: $(INSTALLED)

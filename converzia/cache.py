@@ -109,6 +109,12 @@ def tenant_funnel_key(tenant_id: uuid.UUID | str, *parts: object) -> str:
     return _tenant_key("funnel", tenant_id, parts)
 
 
+def revenue_key(start: object, end: object, tenant_id: uuid.UUID | str) -> str:
+    """Admin revenue over [start, end] (ISO dates) for one tenant or "all". Not versioned: revenue
+    spans tenants, so it is refreshed by its TTL (TTL_REVENUE) or `?fresh=true`, never invalidated."""
+    return f"revenue:{start}:{end}:{tenant_id}"
+
+
 # --- reads --------------------------------------------------------------------------------------
 
 

@@ -59,6 +59,9 @@ RUN_SETTINGS = "converzia.settings.local"
 WSGI_APPLICATION = "converzia.devstack_wsgi:application"
 DEFAULT_WEB_PORT = 8000
 HEALTH_PATH = "/api/health/live"
+# gunicorn hooks for Prometheus multiprocess mode; the directory the web and worker processes share.
+GUNICORN_CONFIG = "python:converzia.gunicorn_conf"
+PROMETHEUS_DIR = "prometheus"
 SEED_ARGUMENTS = ["seed_demo", "--if-empty", "--tenants", "5", "--leads", "2000", "--json"]
 CHILD_STOP_TIMEOUT_S = 15.0
 
@@ -230,6 +233,8 @@ def banner(
         f"  API docs      {web_url}/api/docs/",
         f"  Admin         {web_url}/admin/",
         f"  Health        {web_url}{HEALTH_PATH}",
+        f"  Readiness     {web_url}/api/health",
+        f"  Metrics       {web_url}/metrics",
         f"  Database      {database}",
         f"  Redis         {redis}",
         f"  Worker        {worker}",
@@ -507,6 +512,8 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
     env = service_environment(
         environ, database_url=database_url, redis_url=redis_url, settings_module=RUN_SETTINGS
     )
+    # Only the web and job workers write metric files (migrate and the seed keep theirs in memory).
+    metrics_dir = env.pop("PROMETHEUS_MULTIPROC_DIR", None) or str(data / PROMETHEUS_DIR)
 
     run_step("migrate", manage("migrate", "--noinput"), env)
     commands = management_commands(env)
@@ -518,6 +525,9 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
     if port != requested_port:
         say(f"port {requested_port} is taken; using {port}")
     web_url = f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{port}"
+    # /metrics sums every gunicorn worker and the job worker; gunicorn's on_starting empties the
+    # directory, so only processes started after it may write there.
+    app_env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     gunicorn = stack.spawn(
         "gunicorn",
         [
@@ -525,12 +535,14 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
             "-m",
             "gunicorn",
             WSGI_APPLICATION,
+            "--config",
+            GUNICORN_CONFIG,
             "--bind",
             f"{host}:{port}",
             "--workers",
             environ.get("WEB_CONCURRENCY", "2"),
-            "--access-logfile",
-            "-",
+            # No gunicorn access log: the app logs each request itself (logger converzia.access), with
+            # its request id and without the query string.
             "--graceful-timeout",
             "10",
             "--timeout",
@@ -539,14 +551,14 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
             # shared with any other gunicorn on the machine; make run does not use it.
             "--no-control-socket",
         ],
-        env,
+        app_env,
         own_session=True,
     )
     status = wait_for_http(f"{web_url}{HEALTH_PATH}", process=gunicorn, timeout_s=90)
     say(f"web: gunicorn answers GET {HEALTH_PATH} with {status}")
 
     if "run_worker" in commands:
-        stack.spawn("worker", manage("run_worker"), env, own_session=True)
+        stack.spawn("worker", manage("run_worker"), app_env, own_session=True)
         worker = "manage.py run_worker"
     else:
         worker = "not started (manage.py run_worker does not exist yet)"

@@ -20,6 +20,8 @@ from typing import ParamSpec, TypeVar
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from procrastinate import RetryStrategy
 
+from converzia.request_context import job_context
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -59,16 +61,17 @@ def _relax_commit_durability() -> None:
 
 def db_job(fn: Callable[P, R]) -> Callable[P, R]:
     """A healthy connection for the job (stale or broken ones closed before and after), committing
-    asynchronously (see the module docstring)."""
+    asynchronously (see the module docstring), and a trace id for its log lines and rows."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        close_old_connections()
-        _relax_commit_durability()
-        try:
-            return fn(*args, **kwargs)
-        finally:
+        with job_context():
             close_old_connections()
+            _relax_commit_durability()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                close_old_connections()
 
     return wrapper
 

@@ -1,11 +1,15 @@
-"""Request id middleware: accept or mint `X-Request-ID`, keep it in context, echo it back."""
+"""Request middleware: the request id (accept or mint `X-Request-ID`, keep it in context, echo it back)
+and the request metrics (latency and status class by route)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from converzia.metrics import HTTP_REQUEST_SECONDS, HTTP_RESPONSES, UNMATCHED_ROUTE
 from converzia.request_context import accept_request_id, request_id_var, tenant_id_var, user_id_var
 
 
@@ -27,4 +31,50 @@ class RequestIdMiddleware:
             tenant_id_var.reset(tokens[1])
             user_id_var.reset(tokens[2])
         response["X-Request-ID"] = request_id
+        return response
+
+
+access_logger = logging.getLogger("converzia.access")
+
+# Methods get their own label; anything else (a scanner's "PROPFIND") shares one.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_label(request: HttpRequest) -> str:
+    """The matched URL pattern (e.g. `api/portal/leads/<uuid:lead_id>`), never the raw path."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        return UNMATCHED_ROUTE
+    return match.route or match.view_name or UNMATCHED_ROUTE
+
+
+class RequestMetricsMiddleware:
+    """Request latency by route and method, responses by status class (converzia.metrics), and one
+    access log line per request (in the request's context: request, tenant and user ids)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = self.get_response(request)
+        elapsed = time.perf_counter() - started
+        route = route_label(request)
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        HTTP_REQUEST_SECONDS.labels(route, method).observe(elapsed)
+        HTTP_RESPONSES.labels(route, method, f"{response.status_code // 100}xx").inc()
+        # The path without its query string (a Meta verification carries a token there).
+        access_logger.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
         return response

@@ -6,16 +6,23 @@ Each area mounts its own URL module here (the root URLconf is the one place allo
 - /api/webhooks/   Meta lead notifications (leads.api.urls)
 - /api/ops/        staff operations on lead_offers (deliveries.api.urls)
 - /api/admin/      staff reads: the queue (portal.api.admin_urls)
-Later: /api/health (readiness), the other /api/admin/ reads, /metrics.
+- /admin/database/ staff: dbhealth checks and slow queries (converzia.admin_database)
+- /metrics         Prometheus exposition, staff or allow-listed addresses (converzia.observability)
+Later: the other /api/admin/ reads.
 """
 
+from django.apps import apps
 from django.contrib import admin
 from django.urls import include, path, re_path
 
+from converzia.admin_database import admin_database
+from converzia.observability.views import MetricsView
 from converzia.views import api_not_found
 
 urlpatterns = [
+    path("admin/database/", admin_database, name="admin_database"),
     path("admin/", admin.site.urls),
+    path("metrics", MetricsView.as_view(), name="metrics"),
     path("api/", include("converzia.api.urls")),
     path("api/portal/", include("portal.api.urls")),
     path("api/admin/", include("portal.api.admin_urls")),
@@ -25,6 +32,10 @@ urlpatterns = [
     # APPEND_SLASH redirect (a redirected POST loses its body).
     re_path(r"^api/", api_not_found),
 ]
+
+# Development only: settings/local.py installs the toolbar when DEBUG is on and the package is present.
+if apps.is_installed("debug_toolbar"):
+    urlpatterns.insert(0, path("__debug__/", include("debug_toolbar.urls")))
 
 handler400 = "converzia.views.bad_request"
 handler403 = "converzia.views.permission_denied"

@@ -4,6 +4,12 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from converzia.observability import otel
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "converzia.settings.local")
+
+# OpenTelemetry (when OTEL_EXPORTER_OTLP_ENDPOINT is set) must instrument Django before the handler
+# below loads the middleware (gunicorn --preload and forking: converzia/observability/otel.py).
+otel.init_otel("web")
 
 application = get_wsgi_application()

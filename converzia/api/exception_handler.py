@@ -27,6 +27,7 @@ from rest_framework.views import set_rollback
 
 from converzia.api.authentication import BEARER_REALM
 from converzia.errors import DomainError, ErrorCode
+from converzia.observability.sentry import report_handled_error
 from converzia.request_context import current_request_id
 
 logger = logging.getLogger("converzia.api")
@@ -75,6 +76,8 @@ def error_response(
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF `EXCEPTION_HANDLER`. Always answers: nothing escapes to Django's HTML error pages."""
+    if isinstance(exc, DomainError):
+        report_handled_error(exc)  # 5xx only (a query timeout): Sentry, when configured
     response = _response_for(exc, context)
     # Undo the request's writes if it runs in a transaction (ATOMIC_REQUESTS or an enclosing atomic).
     set_rollback()

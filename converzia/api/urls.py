@@ -1,4 +1,4 @@
-"""Kernel routes under /api/: token login, liveness, the OpenAPI schema and its Swagger UI."""
+"""Kernel routes under /api/: token login, readiness and liveness, the OpenAPI schema and its Swagger UI."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from converzia.api.views import AuthTokenView, HealthLiveView
+from converzia.api.views import AuthTokenView, HealthLiveView, HealthView
 
 urlpatterns = [
     path("auth/token", AuthTokenView.as_view(), name="api-auth-token"),
+    path("health", HealthView.as_view(), name="api-health"),
     path("health/live", HealthLiveView.as_view(), name="api-health-live"),
     # Public on purpose: the contract is not a secret, and clients generate code from it.
     path(

@@ -1,9 +1,10 @@
-"""Kernel endpoints: token login and liveness."""
+"""Kernel endpoints: token login, liveness and readiness."""
 
 from __future__ import annotations
 
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,6 +17,7 @@ from converzia.api.serializers import (
 )
 from converzia.api.throttling import AuthTokenRateThrottle
 from converzia.errors import Unauthenticated
+from converzia.observability.health import readiness
 from converzia.services import api_token_issue
 
 LOGIN_TOKEN_NAME = "login"
@@ -67,3 +69,36 @@ class HealthLiveView(ApiView):
     )
     def get(self, request: Request) -> Response:
         return Response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+class HealthView(ApiView):
+    """Readiness: database, cache, queue depth and stats-view age (converzia.observability.health).
+
+    200 `ok` or `degraded` (Redis down, a stale stats view); 503 `unavailable` when the database is
+    unreachable. No auth, never cached.
+    """
+
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+    throttle_classes = ()
+
+    class OutputSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=["ok", "degraded", "unavailable"])
+        version = serializers.CharField()
+        time = serializers.DateTimeField()
+        checks = serializers.JSONField()
+
+    @extend_schema(
+        operation_id="health_ready",
+        responses={200: OutputSerializer, 503: OutputSerializer},
+        auth=[],
+        tags=["health"],
+        description=(
+            "checks: database {status, latency_ms}; cache {status, latency_ms}; queue {status,"
+            " pending_events, due_deliveries, oldest_pending_age_s, latency_ms}; stats_view {status,"
+            " refreshed_at, age_s, latency_ms}."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        result = readiness()
+        return Response(result.body, status=result.http_status, headers={"Cache-Control": "no-store"})

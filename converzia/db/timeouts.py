@@ -13,7 +13,9 @@ statement_timeout` and `lock_timeout`, so the limit dies with the transaction an
 next user of the connection, pooled or not. Inside an outer transaction the previous values are put
 back on exit. A cancelled statement (SQLSTATE 57014) or a lock wait past `lock_timeout` (55P03) is
 retried once after a short backoff; then `QueryTimeout` (503 `query_timeout`, `Retry-After`). Every
-attempt logs one structured line: name, attempt, duration, timeout, outcome, tenant and request id.
+attempt logs one structured line: name, attempt, duration, timeout, outcome, tenant and request id,
+and is timed in `converzia_db_query_duration_seconds{query}`; timeouts are counted in
+`converzia_db_query_timeouts_total{query}`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
 from converzia.errors import QueryTimeout
+from converzia.metrics import DB_QUERY_SECONDS, DB_QUERY_TIMEOUTS
 from converzia.request_context import current_request_id, tenant_id_var
 
 logger = logging.getLogger("converzia.db")
@@ -120,6 +123,8 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
         except OperationalError as exc:
             outcome = "timeout" if is_timeout(exc) else "error"
             if outcome == "timeout":
+                # Counted where the limit fired (an enclosing guard sees it pass through, uncounted).
+                DB_QUERY_TIMEOUTS.labels(self.name).inc()
                 timeout = QueryTimeout(details={"query": self.name})
                 timeout.raised_by = self  # type: ignore[attr-defined]
                 raise timeout from exc
@@ -132,6 +137,7 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
             outcome = "error"
             raise
         finally:
+            DB_QUERY_SECONDS.labels(self.name).observe(time.perf_counter() - started)
             logger.info(
                 "query %s attempt %d %s in %.1f ms",
                 self.name,

@@ -1,5 +1,8 @@
 """Development settings: debug on, private delivery targets allowed."""
 
+import importlib.util
+
+from converzia.logging import logging_settings
 from converzia.settings.base import *  # noqa: F403
 from converzia.settings.base import env
 
@@ -13,3 +16,26 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
 }
+
+# --- Observability (local development) -----------------------------------------------------------
+LOG_FORMAT = env.str("LOG_FORMAT", default="console")
+LOGGING = logging_settings(
+    log_format=LOG_FORMAT,
+    level=LOG_LEVEL,  # noqa: F405
+    procrastinate_level=PROCRASTINATE_LOG_LEVEL,  # noqa: F405
+)
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+
+# django-debug-toolbar: development only, when DEBUG is on and the package is installed. It runs only
+# for browser requests (Accept: text/html) from INTERNAL_IPS: admin and browsable API pages.
+if DEBUG and importlib.util.find_spec("debug_toolbar") is not None:
+    INSTALLED_APPS = [*INSTALLED_APPS, "debug_toolbar"]  # noqa: F405
+    # After the request id and request metrics middleware, which stay first.
+    _toolbar_at = MIDDLEWARE.index("converzia.middleware.RequestMetricsMiddleware") + 1  # noqa: F405
+    MIDDLEWARE = [  # noqa: F405
+        *MIDDLEWARE[:_toolbar_at],  # noqa: F405
+        "debug_toolbar.middleware.DebugToolbarMiddleware",
+        *MIDDLEWARE[_toolbar_at:],  # noqa: F405
+    ]
+    INTERNAL_IPS = ["127.0.0.1", "::1"]
+    DEBUG_TOOLBAR_CONFIG = {"SHOW_TOOLBAR_CALLBACK": "converzia.observability.devtools.show_debug_toolbar"}

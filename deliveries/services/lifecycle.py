@@ -22,6 +22,7 @@ from converzia.cache import invalidate_tenant
 from converzia.errors import Conflict, InvalidInput, InvalidTransition
 from converzia.metrics import DELIVERIES
 from converzia.models import User
+from converzia.observability.sentry import report_dead_letter
 from converzia.request_context import current_trace_id
 from deliveries.models import (
     Delivery,
@@ -274,6 +275,7 @@ def _dead_letter(delivery: Delivery, *, reason: str) -> None:
         "delivery dead-lettered",
         extra={"delivery_id": str(delivery.pk), "tenant_id": str(delivery.tenant_id), "reason": reason},
     )
+    report_dead_letter(delivery_id=delivery.pk, tenant_id=delivery.tenant_id, reason=reason)  # Sentry
 
 
 # --- Completion: the one place a delivery is charged ----------------------------------------------

@@ -20,6 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from converzia.api.exception_handler import error_body
 from converzia.errors import ErrorCode, QueryTimeout
 from converzia.metrics import WEBHOOK_REQUESTS
+from converzia.observability.sentry import report_handled_error
 from leads import meta
 from leads.ingestion import inbox_event_store
 
@@ -123,6 +124,7 @@ class MetaLeadsWebhookView(View):
             inbox_event_store(payload=payload, changes=changes)
         except QueryTimeout as exc:
             WEBHOOK_REQUESTS.labels("unavailable").inc()
+            report_handled_error(exc)  # Sentry, when configured
             return _error(exc.code, exc.message, 503, Retry_After=str(UNAVAILABLE_RETRY_AFTER_S))
         except DatabaseError:
             WEBHOOK_REQUESTS.labels("unavailable").inc()

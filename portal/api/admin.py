@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -9,7 +12,18 @@ from rest_framework.response import Response
 
 from converzia.api.base import ApiView
 from converzia.api.permissions import IsStaff
+from portal.admin_stats import ADMIN_TREND_DAYS, LOW_CREDIT_LIST_LIMIT, admin_stats_get
+from portal.api.http_caching import FRESH_PARAM, cached_response, fresh_allowed
 from portal.queue import queue_depth_get
+from portal.revenue import (
+    REVENUE_DATE_MAX,
+    REVENUE_DATE_MIN,
+    REVENUE_DAYS_DEFAULT,
+    REVENUE_DAYS_MAX,
+    RevenueFigures,
+    revenue_default_range,
+    revenue_get,
+)
 
 
 class AdminQueueView(ApiView):
@@ -56,5 +70,270 @@ class AdminQueueView(ApiView):
                 "waiting": depth.waiting_deliveries,
                 "dead_letter": depth.dead_letter_deliveries,
             },
+        }
+        return Response(self.OutputSerializer(body).data)
+
+
+# --- revenue ---------------------------------------------------------------------------------------
+
+_MONEY = {"max_digits": 16, "decimal_places": 2}
+
+
+class RevenueFiguresSerializer(serializers.Serializer):
+    leads_ready_count = serializers.IntegerField(help_text="lead_offers that first became LEAD_READY.")
+    leads_ready_value = serializers.DecimalField(**_MONEY, help_text="Ready count × cost_per_lead.")
+    leads_delivered_count = serializers.IntegerField(help_text="Deliveries completed.")
+    leads_delivered_value = serializers.DecimalField(**_MONEY, help_text="Delivered count × cost_per_lead.")
+    payments_received = serializers.DecimalField(**_MONEY, help_text="Totals of completed billing orders.")
+    credits_consumed = serializers.IntegerField(help_text="Credits consumed (ledger).")
+    credits_refunded = serializers.IntegerField(help_text="Credits refunded (ledger).")
+    attributed_spend = serializers.DecimalField(
+        **_MONEY, help_text="Ad spend, each period spread evenly over its days."
+    )
+    profit = serializers.DecimalField(**_MONEY, help_text="leads_ready_value − attributed_spend.")
+    margin_pct = serializers.FloatField(
+        allow_null=True,
+        help_text="profit / leads_ready_value × 100, 2 decimals; null when there is no value.",
+    )
+
+
+class RevenueSummarySerializer(RevenueFiguresSerializer):
+    pending_credits = serializers.IntegerField(help_text="Credits the tenants hold now (not range-bound).")
+
+
+class RevenueDaySerializer(RevenueFiguresSerializer):
+    date = serializers.DateField(help_text="A UTC date.")
+
+
+class RevenueTenantSerializer(RevenueFiguresSerializer):
+    tenant_id = serializers.UUIDField()
+    name = serializers.CharField()
+    cost_per_lead = serializers.DecimalField(**_MONEY)
+    pending_credits = serializers.IntegerField(help_text="The tenant's balance now.")
+    cpl_attributed = serializers.DecimalField(
+        **_MONEY, allow_null=True, help_text="attributed_spend / leads_ready_count; null without ready leads."
+    )
+
+
+class RevenueOfferSerializer(RevenueFiguresSerializer):
+    offer_id = serializers.UUIDField()
+    name = serializers.CharField()
+    tenant_id = serializers.UUIDField()
+    tenant_name = serializers.CharField()
+
+
+class DateRangeSerializer(serializers.Serializer):
+    start = serializers.DateField()
+    end = serializers.DateField()
+
+
+def _figures(figures: RevenueFigures) -> dict[str, Any]:
+    return dataclasses.asdict(figures)
+
+
+class AdminRevenueView(ApiView):
+    """`GET /api/admin/revenue`: money and lead value over UTC dates, by day, tenant and offer.
+
+    Ready and delivered count immutable facts (first LEAD_READY, delivery completion), never the
+    current status; see `portal.revenue` for every definition. Cached 300 s (`?fresh=true` recomputes);
+    ETag and 304 like the portal stats. Reads never write.
+    """
+
+    permission_classes = (IsStaff,)
+    allowed_query_params = {"date_start", "date_end", "tenant_id", FRESH_PARAM}
+
+    class FilterSerializer(serializers.Serializer):
+        date_start = serializers.DateField(
+            required=False, help_text=f"First UTC date (default: date_end − {REVENUE_DAYS_DEFAULT - 1} days)."
+        )
+        date_end = serializers.DateField(
+            required=False, help_text="Last UTC date, included (default: today)."
+        )
+        tenant_id = serializers.UUIDField(
+            required=False, help_text="Only this tenant (an unknown one: 404 `not_found`)."
+        )
+        fresh = serializers.BooleanField(default=False, help_text="Recompute instead of reading the cache.")
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            # Far-off dates are typos, and the date arithmetic below must not overflow.
+            for name in ("date_start", "date_end"):
+                value = attrs.get(name)
+                if value is not None and not REVENUE_DATE_MIN <= value <= REVENUE_DATE_MAX:
+                    raise serializers.ValidationError(
+                        {name: [f"Must be between {REVENUE_DATE_MIN} and {REVENUE_DATE_MAX}."]}
+                    )
+            default_start, default_end = revenue_default_range()
+            end = attrs.get("date_end") or default_end
+            start = attrs.get("date_start") or end - (default_end - default_start)
+            if end < start:
+                raise serializers.ValidationError({"date_end": ["Must not be before date_start."]})
+            if (end - start).days + 1 > REVENUE_DAYS_MAX:
+                raise serializers.ValidationError(
+                    {"date_end": [f"The range may span at most {REVENUE_DAYS_MAX} days."]}
+                )
+            return {**attrs, "date_start": start, "date_end": end}
+
+    class OutputSerializer(serializers.Serializer):
+        date_range = DateRangeSerializer(help_text="The UTC dates covered, both included.")
+        tenant_id = serializers.UUIDField(allow_null=True, help_text="The tenant filter, or null for all.")
+        as_of = serializers.DateTimeField(help_text="When these numbers were computed.")
+        cached = serializers.BooleanField(help_text="True when served from the server cache.")
+        summary = RevenueSummarySerializer()
+        by_day = RevenueDaySerializer(many=True, help_text="Every date of the range, oldest first.")
+        by_tenant = RevenueTenantSerializer(
+            many=True, help_text="Tenants with any figure in the range, highest ready value first."
+        )
+        by_offer = RevenueOfferSerializer(
+            many=True,
+            help_text="Offers with ready or delivered leads or spend in range, highest ready value first.",
+        )
+
+    @extend_schema(parameters=[FilterSerializer], responses=OutputSerializer, tags=["admin"])
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        data = filters.validated_data
+        fresh = fresh_allowed(data["fresh"], is_staff=request.user.is_staff)
+        read = revenue_get(
+            date_start=data["date_start"],
+            date_end=data["date_end"],
+            tenant_id=data.get("tenant_id"),
+            fresh=fresh,
+        )
+        report = read.value
+        body = {
+            "date_range": {"start": report.date_start, "end": report.date_end},
+            "tenant_id": report.tenant_id,
+            "as_of": read.as_of,
+            "cached": read.cached,
+            "summary": {**_figures(report.summary), "pending_credits": report.pending_credits},
+            "by_day": [{"date": day.day, **_figures(day.figures)} for day in report.by_day],
+            "by_tenant": [
+                {
+                    "tenant_id": row.tenant_id,
+                    "name": row.name,
+                    "cost_per_lead": row.cost_per_lead,
+                    "pending_credits": row.pending_credits,
+                    "cpl_attributed": row.cpl_attributed,
+                    **_figures(row.figures),
+                }
+                for row in report.by_tenant
+            ],
+            "by_offer": [
+                {
+                    "offer_id": row.offer_id,
+                    "name": row.name,
+                    "tenant_id": row.tenant_id,
+                    "tenant_name": row.tenant_name,
+                    **_figures(row.figures),
+                }
+                for row in report.by_offer
+            ],
+        }
+        return cached_response(request, self.OutputSerializer(body).data)
+
+
+# --- platform stats --------------------------------------------------------------------------------
+
+
+class LowCreditTenantSerializer(serializers.Serializer):
+    tenant_id = serializers.UUIDField()
+    name = serializers.CharField()
+    balance = serializers.IntegerField()
+    threshold = serializers.IntegerField(help_text="The tenant's own low_credit_threshold.")
+
+
+class AdminStatsView(ApiView):
+    """`GET /api/admin/stats`: the platform dashboard, from `tenant_stats_materialized` and small
+    tables (never a live count over lead_offers); see `portal.admin_stats`. Not cached server-side."""
+
+    permission_classes = (IsStaff,)
+
+    class OutputSerializer(serializers.Serializer):
+        class TotalsSerializer(serializers.Serializer):
+            tenants = serializers.IntegerField()
+            active_tenants = serializers.IntegerField()
+            offers = serializers.IntegerField()
+            active_offers = serializers.IntegerField()
+            credits_outstanding = serializers.IntegerField(help_text="Credits all tenants hold now.")
+            leads_30d = serializers.IntegerField(help_text="lead_offers created over `trend`.")
+            delivered_30d = serializers.IntegerField(help_text="Deliveries completed over `trend`.")
+
+        class PendingApprovalsSerializer(serializers.Serializer):
+            tenants = serializers.IntegerField(help_text="Tenants in PENDING.")
+            memberships = serializers.IntegerField(help_text="Memberships in PENDING_APPROVAL.")
+            offers = serializers.IntegerField(help_text="Offers whose approval_status is PENDING_APPROVAL.")
+
+        class UnmappedAdsSerializer(serializers.Serializer):
+            pending_mapping_leads = serializers.IntegerField(
+                help_text="lead_offers in PENDING_MAPPING (tenant known, ad not mapped to an offer)."
+            )
+            unrouted_changes = serializers.IntegerField(
+                help_text="Inbox changes parked UNROUTED (no active mapping for the ad)."
+            )
+            unrouted_ads = serializers.IntegerField(help_text="Distinct ads behind the unrouted changes.")
+
+        class LowCreditSerializer(serializers.Serializer):
+            count = serializers.IntegerField(help_text="ACTIVE tenants below their own threshold.")
+            tenants = LowCreditTenantSerializer(
+                many=True, help_text=f"At most {LOW_CREDIT_LIST_LIMIT}, lowest balance first."
+            )
+
+        class TrendPointSerializer(serializers.Serializer):
+            date = serializers.DateField()
+            received = serializers.IntegerField(help_text="lead_offers created that (tenant-local) day.")
+            delivered = serializers.IntegerField(help_text="Deliveries completed that (tenant-local) day.")
+
+        as_of = serializers.DateTimeField(
+            allow_null=True, help_text="When the view's data was taken (its last refresh); null if never."
+        )
+        view_age_s = serializers.FloatField(allow_null=True, help_text="Seconds since that refresh.")
+        totals = TotalsSerializer()
+        active_tenants = serializers.IntegerField()
+        leads_today = serializers.IntegerField(help_text="lead_offers created in each tenant's local today.")
+        delivered_today = serializers.IntegerField(
+            help_text="Deliveries completed in each tenant's local today."
+        )
+        pending_approvals = PendingApprovalsSerializer()
+        unmapped_ads = UnmappedAdsSerializer()
+        low_credit_tenants = LowCreditSerializer()
+        trend = TrendPointSerializer(many=True, help_text=f"The last {ADMIN_TREND_DAYS} days, oldest first.")
+
+    @extend_schema(responses=OutputSerializer, tags=["admin"])
+    def get(self, request: Request) -> Response:
+        stats = admin_stats_get()
+        body = {
+            "as_of": stats.as_of,
+            "view_age_s": stats.view_age_s,
+            "totals": {
+                "tenants": stats.tenants,
+                "active_tenants": stats.active_tenants,
+                "offers": stats.offers,
+                "active_offers": stats.active_offers,
+                "credits_outstanding": stats.credits_outstanding,
+                "leads_30d": stats.leads_30d,
+                "delivered_30d": stats.delivered_30d,
+            },
+            "active_tenants": stats.active_tenants,
+            "leads_today": stats.leads_today,
+            "delivered_today": stats.delivered_today,
+            "pending_approvals": {
+                "tenants": stats.pending_tenants,
+                "memberships": stats.pending_memberships,
+                "offers": stats.pending_offers,
+            },
+            "unmapped_ads": {
+                "pending_mapping_leads": stats.pending_mapping_leads,
+                "unrouted_changes": stats.unrouted_changes,
+                "unrouted_ads": stats.unrouted_ads,
+            },
+            "low_credit_tenants": {
+                "count": stats.low_credit_count,
+                "tenants": [dataclasses.asdict(row) for row in stats.low_credit_tenants],
+            },
+            "trend": [
+                {"date": point.day, "received": point.received, "delivered": point.delivered}
+                for point in stats.trend
+            ],
         }
         return Response(self.OutputSerializer(body).data)

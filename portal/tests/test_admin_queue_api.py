@@ -45,8 +45,8 @@ def queue():
 def test_staff_see_the_queue(queue, staff_user, client_for, django_assert_num_queries):
     client = client_for(staff_user)
     # Token lookup + last-used stamp; the guard's savepoint, settings read, SET LOCAL, restore and
-    # release (inside the test's transaction; in production BEGIN, SET LOCAL, COMMIT); 4 aggregates.
-    with django_assert_num_queries(11):
+    # release (inside the test's transaction; in production BEGIN, SET LOCAL, COMMIT); 6 aggregates.
+    with django_assert_num_queries(13):
         response = client.get(URL)
 
     assert response.status_code == 200

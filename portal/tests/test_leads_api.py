@@ -667,6 +667,8 @@ def test_list_page_walks_a_lead_list_index_without_sorting(tenant, offer, filter
         # A handful of rows would be seq-scanned; what matters is that an index serves the order
         # (which of the two lead-list indexes is the planner's call on a tiny table).
         cursor.execute("SET LOCAL enable_seqscan = off")
+        # Nor may it sort: the plan must take its order from an index (the one this test is about).
+        cursor.execute("SET LOCAL enable_sort = off")
     plan = page.explain()
 
     assert re.search(r"Index Scan using idx_lead_offers_tenant(_status)?_updated on lead_offers", plan), plan

@@ -25,6 +25,7 @@ from procrastinate.contrib.django import app
 
 from converzia.jobs import ALL_QUEUES
 from converzia.management.base import ConverziaCommand
+from converzia.observability import otel
 
 logger = logging.getLogger("converzia.worker")
 
@@ -96,6 +97,7 @@ class Command(ConverziaCommand):
             raise CommandError("--concurrency must be at least 1.")
         if settings.WORKER_STALLED_AFTER_S <= 0:
             raise CommandError("WORKER_STALLED_AFTER_S must be a positive number of seconds.")
+        otel.init_otel("worker")  # tracing, when OTEL_EXPORTER_OTLP_ENDPOINT is set
         logger.info(
             "worker starting: queues=%s concurrency=%d",
             ",".join(queues),
@@ -137,6 +139,7 @@ class Command(ConverziaCommand):
                     update_heartbeat_interval=heartbeat_interval(stalled_after_s),
                     stalled_worker_timeout=stalled_after_s,
                     install_signal_handlers=False,
+                    task_middleware=otel.job_middlewares(),  # a span per job when tracing is on
                 ),
                 name="procrastinate worker",
             )

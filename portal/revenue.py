@@ -1,0 +1,351 @@
+"""The read behind `GET /api/admin/revenue` (API.md "Admin"; DOMAIN.md §3.7, §5.6, lesson 19).
+
+What each figure counts, over the UTC dates [date_start, date_end] (both included):
+- `leads_ready_*`: lead_offers that FIRST became LEAD_READY in the range, dated by
+  `lead_offers.qualified_at`. The status trigger (leads migration 0002) sets it once, in the
+  transaction of the STATUS_CHANGE → LEAD_READY event, and never moves it: it is that first event's
+  instant stored on the row. A lead that becomes ready again (DISQUALIFIED → REACTIVATION → … →
+  LEAD_READY) still counts once, on its first day; a later status change moves nothing (v1 dated
+  ready leads by their *current* status change, so they wandered between days).
+- `leads_delivered_*`: deliveries completed in the range, dated by `deliveries.delivered_at`,
+  written once with the very same instant as the delivery's DELIVERY_COMPLETED event (one per
+  delivery; a refund keeps it). Refunded deliveries still count: they were delivered.
+- `*_value`: count × the tenant's `cost_per_lead` (its pricing row, else the model default). There is
+  no price history: a price change revalues past leads.
+- `payments_received`: `total` of completed billing orders, by `paid_at`.
+- `credits_consumed` / `credits_refunded`: ledger CONSUMPTION / REFUND credits, by `created_at`.
+- `attributed_spend`: ad spend (`platform_costs`), each row spread evenly over the days of its
+  period; the days inside the range count.
+- `profit` = `leads_ready_value` − `attributed_spend`; `margin_pct` = profit / leads_ready_value ×
+  100, two decimals, and null when there is no ready value (a margin of nothing is undefined, not 0).
+  "Revenue" is the value of the leads made ready, as in v1 (DOMAIN.md §5.6); cash is
+  `payments_received`.
+- `pending_credits`: credits tenants hold now (their balance rows); not bound to the range.
+
+Reads never write (v1's read recomputed and stored cache rows). Everything is one aggregate statement
+with GROUPING SETS (summary, by day, by tenant, by offer) plus, with `tenant_id`, the tenant lookup:
+the query count does not grow with tenants, offers or days. Cached for `TTL_REVENUE` seconds under
+`revenue_key`; `fresh` recomputes (and stores) it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+from billing.models import BillingOrderStatus, CreditTransactionType, TenantPricing
+from converzia.cache import TTL_REVENUE, CachedRead, cached_read, revenue_key
+from converzia.db.timeouts import guarded
+from converzia.errors import NotFound
+from converzia.models import Tenant
+
+REVENUE_DAYS_DEFAULT = 30
+REVENUE_DAYS_MAX = 366
+# The dates a request may name (the API refuses others with 400).
+REVENUE_DATE_MIN = dt.date(2000, 1, 1)
+REVENUE_DATE_MAX = dt.date(2999, 12, 31)
+CACHE_FAMILY = "revenue"
+
+_CENT = Decimal("0.01")
+_ZERO = Decimal("0")
+
+
+@dataclass(frozen=True)
+class RevenueFigures:
+    leads_ready_count: int = 0
+    leads_ready_value: Decimal = _ZERO
+    leads_delivered_count: int = 0
+    leads_delivered_value: Decimal = _ZERO
+    payments_received: Decimal = _ZERO
+    credits_consumed: int = 0
+    credits_refunded: int = 0
+    attributed_spend: Decimal = _ZERO
+    profit: Decimal = _ZERO
+    margin_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class RevenueDay:
+    day: dt.date
+    figures: RevenueFigures
+
+
+@dataclass(frozen=True)
+class RevenueTenant:
+    tenant_id: uuid.UUID
+    name: str
+    cost_per_lead: Decimal
+    pending_credits: int
+    cpl_attributed: Decimal | None  # attributed_spend / leads_ready_count
+    figures: RevenueFigures
+
+
+@dataclass(frozen=True)
+class RevenueOffer:
+    offer_id: uuid.UUID
+    name: str
+    tenant_id: uuid.UUID
+    tenant_name: str
+    figures: RevenueFigures
+
+
+@dataclass(frozen=True)
+class RevenueReport:
+    date_start: dt.date
+    date_end: dt.date
+    tenant_id: uuid.UUID | None
+    summary: RevenueFigures
+    pending_credits: int
+    by_day: list[RevenueDay] = field(default_factory=list)
+    by_tenant: list[RevenueTenant] = field(default_factory=list)
+    by_offer: list[RevenueOffer] = field(default_factory=list)
+
+
+def revenue_default_range(*, today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """The last `REVENUE_DAYS_DEFAULT` UTC dates, today included."""
+    end = today or timezone.now().astimezone(dt.UTC).date()
+    return end - dt.timedelta(days=REVENUE_DAYS_DEFAULT - 1), end
+
+
+# The grouping bit mask of GROUPING(day, tenant_id, offer_id): 1 where the column is aggregated away.
+# `_DAY_SPEND` marks the rows of the daily spend, which are not part of the grouping sets.
+_SUMMARY, _BY_DAY, _BY_TENANT, _BY_OFFER, _DAY_SPEND = 0b111, 0b011, 0b101, 0b100, 0b1000
+
+# Facts pre-aggregated per source (ready leads, completed deliveries, paid orders, ledger entries,
+# ad spend), then one GROUPING SETS aggregate over them. Spend is prorated over the days of its period
+# inside the range: per tenant and offer as one sum (day NULL), and per day from a 1-row-per-day series
+# joined to the overlapping periods (never one row per period and day). `{tenant_*}` is empty or
+# "AND <alias>.tenant_id = %(tenant_id)s", a fixed string chosen in code; every value is bound.
+_REVENUE_SQL = """
+WITH facts AS (
+    SELECT lo.tenant_id, lo.offer_id, (lo.qualified_at AT TIME ZONE 'UTC')::date AS day,
+           count(*) AS ready, 0 AS delivered, 0::numeric AS payments,
+           0 AS consumed, 0 AS refunded, 0::numeric AS spend
+    FROM lead_offers lo
+    WHERE lo.qualified_at >= %(start_at)s AND lo.qualified_at < %(end_at)s {tenant_lo}
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT d.tenant_id, d.offer_id, (d.delivered_at AT TIME ZONE 'UTC')::date, 0, count(*), 0, 0, 0, 0
+    FROM deliveries d
+    WHERE d.delivered_at >= %(start_at)s AND d.delivered_at < %(end_at)s {tenant_d}
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT o.tenant_id, NULL::uuid, (o.paid_at AT TIME ZONE 'UTC')::date, 0, 0, sum(o.total), 0, 0, 0
+    FROM billing_orders o
+    WHERE o.status = %(completed)s AND o.paid_at >= %(start_at)s AND o.paid_at < %(end_at)s {tenant_o}
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT c.tenant_id, NULL::uuid, (c.created_at AT TIME ZONE 'UTC')::date, 0, 0, 0,
+           coalesce(-sum(c.amount) FILTER (WHERE c.transaction_type = %(consumption)s), 0),
+           coalesce(sum(c.amount) FILTER (WHERE c.transaction_type = %(refund)s), 0),
+           0
+    FROM credit_ledger c
+    WHERE c.transaction_type IN (%(consumption)s, %(refund)s)
+      AND c.created_at >= %(start_at)s AND c.created_at < %(end_at)s {tenant_c}
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT s.tenant_id, s.offer_id, NULL::date, 0, 0, 0, 0, 0,
+           sum(s.spend * (least(s.date_end, %(end)s::date) - greatest(s.date_start, %(start)s::date) + 1)
+               / (s.date_end - s.date_start + 1))
+    FROM platform_costs s
+    WHERE s.date_start <= %(end)s::date AND s.date_end >= %(start)s::date {tenant_s}
+    GROUP BY 1, 2
+),
+periods AS (
+    -- Spend rows share few distinct periods (mostly calendar months): sum them per period first.
+    SELECT s.date_start, s.date_end, sum(s.spend) AS spend
+    FROM platform_costs s
+    WHERE s.date_start <= %(end)s::date AND s.date_end >= %(start)s::date {tenant_s}
+    GROUP BY 1, 2
+),
+day_spend AS (
+    SELECT g.day::date AS day, sum(p.spend / (p.date_end - p.date_start + 1)) AS spend
+    FROM generate_series(%(start)s::timestamp, %(end)s::timestamp, interval '1 day') AS g(day)
+    JOIN periods p ON p.date_start <= g.day::date AND p.date_end >= g.day::date
+    GROUP BY 1
+),
+grouped AS (
+    SELECT GROUPING(f.day, f.tenant_id, f.offer_id) AS grp, f.day, f.tenant_id, f.offer_id,
+           sum(f.ready) AS ready, sum(f.ready * coalesce(p.cost_per_lead, %(default_cpl)s)) AS ready_value,
+           sum(f.delivered) AS delivered,
+           sum(f.delivered * coalesce(p.cost_per_lead, %(default_cpl)s)) AS delivered_value,
+           sum(f.payments) AS payments, sum(f.consumed) AS consumed, sum(f.refunded) AS refunded,
+           sum(f.spend) AS spend
+    FROM facts f
+    LEFT JOIN tenant_pricing p ON p.tenant_id = f.tenant_id
+    GROUP BY GROUPING SETS ((), (f.day), (f.tenant_id), (f.tenant_id, f.offer_id))
+)
+SELECT g.grp, g.day, g.tenant_id, g.offer_id,
+       g.ready, g.ready_value, g.delivered, g.delivered_value,
+       g.payments, g.consumed, g.refunded, g.spend,
+       t.name, o.name, coalesce(p.cost_per_lead, %(default_cpl)s), coalesce(b.balance, 0),
+       (SELECT coalesce(sum(b2.balance), 0) FROM tenant_credit_balances b2 WHERE TRUE {tenant_b2})
+FROM grouped g
+LEFT JOIN tenants t ON t.id = g.tenant_id
+LEFT JOIN offers o ON o.id = g.offer_id
+LEFT JOIN tenant_pricing p ON p.tenant_id = g.tenant_id
+LEFT JOIN tenant_credit_balances b ON b.tenant_id = g.tenant_id
+-- Spend has no day here (the daily spend is below) and payments and credits no offer.
+WHERE NOT (g.grp = %(by_day)s AND g.day IS NULL) AND NOT (g.grp = %(by_offer)s AND g.offer_id IS NULL)
+UNION ALL
+SELECT %(day_spend)s, day, NULL::uuid, NULL::uuid, 0, 0, 0, 0, 0, 0, 0, spend, NULL, NULL, 0, 0, 0
+FROM day_spend
+"""
+
+_TENANT_COLUMNS = {
+    "lo": "lo.tenant_id",
+    "d": "d.tenant_id",
+    "o": "o.tenant_id",
+    "c": "c.tenant_id",
+    "s": "s.tenant_id",
+    "b2": "b2.tenant_id",
+}
+
+
+def _sql(*, filtered: bool) -> str:
+    return _REVENUE_SQL.format(
+        **{
+            f"tenant_{alias}": f"AND {column} = %(tenant_id)s" if filtered else ""
+            for alias, column in _TENANT_COLUMNS.items()
+        }
+    )
+
+
+def _money(value: Decimal | None) -> Decimal:
+    return (value or _ZERO).quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
+def _figures(row: tuple[Any, ...]) -> RevenueFigures:
+    ready, ready_value, delivered, delivered_value, payments, consumed, refunded, spend = row
+    ready_value = _money(ready_value)
+    spend = _money(spend)
+    profit = ready_value - spend
+    margin = None if ready_value == 0 else round(float(profit / ready_value * 100), 2)
+    return RevenueFigures(
+        leads_ready_count=int(ready or 0),
+        leads_ready_value=ready_value,
+        leads_delivered_count=int(delivered or 0),
+        leads_delivered_value=_money(delivered_value),
+        payments_received=_money(payments),
+        credits_consumed=int(consumed or 0),
+        credits_refunded=int(refunded or 0),
+        attributed_spend=spend,
+        profit=profit,
+        margin_pct=margin,
+    )
+
+
+def _default_cost_per_lead() -> Decimal:
+    return TenantPricing._meta.get_field("cost_per_lead").get_default()
+
+
+def _revenue_rows(
+    *, date_start: dt.date, date_end: dt.date, tenant_id: uuid.UUID | None
+) -> list[tuple[Any, ...]]:
+    params = {
+        "start": date_start,
+        "end": date_end,
+        "start_at": dt.datetime.combine(date_start, dt.time.min, tzinfo=dt.UTC),
+        "end_at": dt.datetime.combine(date_end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC),
+        "tenant_id": tenant_id,
+        "completed": BillingOrderStatus.COMPLETED,
+        "consumption": CreditTransactionType.CREDIT_CONSUMPTION,
+        "refund": CreditTransactionType.CREDIT_REFUND,
+        "default_cpl": _default_cost_per_lead(),
+        "by_day": _BY_DAY,
+        "by_offer": _BY_OFFER,
+        "day_spend": _DAY_SPEND,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_sql(filtered=tenant_id is not None), params)
+        return cursor.fetchall()
+
+
+def _revenue_read(*, date_start: dt.date, date_end: dt.date, tenant_id: uuid.UUID | None) -> RevenueReport:
+    if tenant_id is not None and not Tenant.objects.filter(pk=tenant_id).exists():
+        raise NotFound("No such tenant.", details={"tenant_id": [str(tenant_id)]})
+    rows = _revenue_rows(date_start=date_start, date_end=date_end, tenant_id=tenant_id)
+    summary = RevenueFigures()
+    pending_total = 0
+    day_values: dict[dt.date, tuple[Any, ...]] = {}
+    day_spend: dict[dt.date, Decimal] = {}
+    tenants: list[RevenueTenant] = []
+    offers: list[RevenueOffer] = []
+    for row in rows:
+        grp, day, row_tenant, offer_id = row[:4]
+        values = row[4:12]
+        tenant_name, offer_name, cost_per_lead, balance, pending = row[12:17]
+        if grp == _DAY_SPEND:
+            day_spend[day] = values[7]
+        elif grp == _BY_DAY:
+            day_values[day] = values
+        elif grp == _SUMMARY:
+            summary, pending_total = _figures(values), pending
+        elif grp == _BY_TENANT:
+            figures = _figures(values)
+            cpl_attributed = (
+                _money(figures.attributed_spend / figures.leads_ready_count)
+                if figures.leads_ready_count
+                else None
+            )
+            tenants.append(
+                RevenueTenant(
+                    row_tenant, tenant_name, _money(cost_per_lead), balance, cpl_attributed, figures
+                )
+            )
+        elif grp == _BY_OFFER:
+            offers.append(RevenueOffer(offer_id, offer_name, row_tenant, tenant_name, _figures(values)))
+    by_day = []
+    for offset in range((date_end - date_start).days + 1):
+        day = date_start + dt.timedelta(days=offset)
+        values = day_values.get(day, (0,) * 8)
+        by_day.append(RevenueDay(day, _figures((*values[:7], day_spend.get(day)))))
+    # Largest value first, as v1 sorted; the id breaks ties so the order is stable.
+    tenants.sort(
+        key=lambda t: (-t.figures.leads_ready_value, -t.figures.leads_delivered_value, str(t.tenant_id))
+    )
+    offers.sort(
+        key=lambda o: (-o.figures.leads_ready_value, -o.figures.leads_delivered_value, str(o.offer_id))
+    )
+    return RevenueReport(
+        date_start=date_start,
+        date_end=date_end,
+        tenant_id=tenant_id,
+        summary=summary,
+        pending_credits=int(pending_total or 0),
+        by_day=by_day,
+        by_tenant=tenants,
+        by_offer=offers,
+    )
+
+
+def revenue_compute(
+    *, date_start: dt.date, date_end: dt.date, tenant_id: uuid.UUID | None = None
+) -> RevenueReport:
+    """The report, from the database (one guarded transaction; raises NotFound for an unknown tenant)."""
+    if date_end < date_start:
+        raise ValueError("date_end must not be before date_start.")
+    if (date_end - date_start).days + 1 > REVENUE_DAYS_MAX:
+        raise ValueError(f"The range may span at most {REVENUE_DAYS_MAX} days.")
+    return guarded("admin.revenue").run(
+        _revenue_read, date_start=date_start, date_end=date_end, tenant_id=tenant_id
+    )
+
+
+def revenue_get(
+    *, date_start: dt.date, date_end: dt.date, tenant_id: uuid.UUID | None = None, fresh: bool = False
+) -> CachedRead[RevenueReport]:
+    """The report, from the cache when it has it (TTL_REVENUE); `fresh` recomputes and stores it."""
+    return cached_read(
+        family=CACHE_FAMILY,
+        key=revenue_key(date_start.isoformat(), date_end.isoformat(), tenant_id or "all"),
+        ttl=TTL_REVENUE,
+        compute=lambda: revenue_compute(date_start=date_start, date_end=date_end, tenant_id=tenant_id),
+        fresh=fresh,
+    )
