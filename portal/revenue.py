@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connection
 from django.utils import timezone
@@ -51,6 +52,7 @@ REVENUE_DAYS_MAX = 366
 REVENUE_DATE_MIN = dt.date(2000, 1, 1)
 REVENUE_DATE_MAX = dt.date(2999, 12, 31)
 CACHE_FAMILY = "revenue"
+T = TypeVar("T")
 
 _CENT = Decimal("0.01")
 _ZERO = Decimal("0")
@@ -339,13 +341,25 @@ def revenue_compute(
 
 
 def revenue_get(
-    *, date_start: dt.date, date_end: dt.date, tenant_id: uuid.UUID | None = None, fresh: bool = False
-) -> CachedRead[RevenueReport]:
-    """The report, from the cache when it has it (TTL_REVENUE); `fresh` recomputes and stores it."""
+    *,
+    date_start: dt.date,
+    date_end: dt.date,
+    render: Callable[[RevenueReport], T],
+    tenant_id: uuid.UUID | None = None,
+    fresh: bool = False,
+) -> CachedRead[T]:
+    """The report as `render` shapes it, from the cache when it has it (TTL_REVENUE); `fresh`
+    recomputes and stores it.
+
+    What is cached is the rendered form (the API's JSON body): with every offer of the platform in it,
+    re-serializing the report on each hit cost ~60 ms, the cache lookup itself ~1 ms.
+    """
     return cached_read(
         family=CACHE_FAMILY,
         key=revenue_key(date_start.isoformat(), date_end.isoformat(), tenant_id or "all"),
         ttl=TTL_REVENUE,
-        compute=lambda: revenue_compute(date_start=date_start, date_end=date_end, tenant_id=tenant_id),
+        compute=lambda: render(
+            revenue_compute(date_start=date_start, date_end=date_end, tenant_id=tenant_id)
+        ),
         fresh=fresh,
     )

@@ -82,8 +82,10 @@ def run_closed_loop(
     concurrency: int,
     warmup: int = 0,
     timeout_s: float = 30.0,
+    max_seconds: float | None = None,
 ) -> LoadResult:
-    """Send `warmup` untimed requests, then `total` timed ones, cycling through `requests`."""
+    """Send `warmup` untimed requests, then `total` timed ones, cycling through `requests`; stop
+    early once `max_seconds` have passed (a slow scenario then reports fewer samples)."""
     if not requests:
         raise ValueError("No requests to send.")
     warm_client = _Client(base_url, timeout_s)
@@ -104,7 +106,7 @@ def run_closed_loop(
         client = _Client(base_url, timeout_s)
         latencies: list[float] = []
         try:
-            while (index := next(counter)) < total:
+            while (index := next(counter)) < total and (deadline is None or time.perf_counter() < deadline):
                 request = requests[index % len(requests)]
                 started = time.perf_counter()
                 try:
@@ -126,6 +128,7 @@ def run_closed_loop(
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     started = time.perf_counter()
+    deadline = started + max_seconds if max_seconds else None
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -10,6 +10,7 @@ the database work of that exact request.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,8 +53,29 @@ def capture_request_sql(path: str, headers: dict[str, str]) -> CapturedRequest:
     return CapturedRequest(status=response.status_code, statements=recorded, reads=reads)
 
 
-def time_statements(statements: Sequence[Statement], *, repeat: int) -> list[float]:
-    """Seconds per run of all `statements`, each fetched completely, `repeat` times (after one warm-up)."""
+def time_statements(statements: Sequence[Statement], *, repeat: int, concurrency: int = 1) -> list[float]:
+    """Seconds per run of all `statements`, each fetched completely, `repeat` times per client (after
+    one warm-up), from `concurrency` clients at once: the same contention as the HTTP measurement, so
+    the ratio compares like with like."""
+    if concurrency == 1:
+        return _time_statements(statements, repeat=repeat)
+    results: list[list[float]] = [[] for _ in range(concurrency)]
+
+    def client(index: int) -> None:
+        try:
+            results[index] = _time_statements(statements, repeat=repeat)
+        finally:
+            connection.close()  # this thread's own connection
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [duration for durations in results for duration in durations]
+
+
+def _time_statements(statements: Sequence[Statement], *, repeat: int) -> list[float]:
     connection.ensure_connection()
     raw = connection.connection  # the psycopg connection, with Django's adapters and binding mode
     durations = []

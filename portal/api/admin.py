@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import orjson
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -21,6 +22,7 @@ from portal.revenue import (
     REVENUE_DAYS_DEFAULT,
     REVENUE_DAYS_MAX,
     RevenueFigures,
+    RevenueReport,
     revenue_default_range,
     revenue_get,
 )
@@ -199,13 +201,16 @@ class AdminRevenueView(ApiView):
             date_end=data["date_end"],
             tenant_id=data.get("tenant_id"),
             fresh=fresh,
+            render=self._render,
         )
-        report = read.value
+        as_of = serializers.DateTimeField().to_representation(read.as_of)
+        return cached_response(request, {**read.value, "as_of": as_of, "cached": read.cached})
+
+    def _render(self, report: RevenueReport) -> dict[str, Any]:
+        """The body without `as_of` and `cached`, serialized once per computation (and cached so)."""
         body = {
             "date_range": {"start": report.date_start, "end": report.date_end},
             "tenant_id": report.tenant_id,
-            "as_of": read.as_of,
-            "cached": read.cached,
             "summary": {**_figures(report.summary), "pending_credits": report.pending_credits},
             "by_day": [{"date": day.day, **_figures(day.figures)} for day in report.by_day],
             "by_tenant": [
@@ -230,7 +235,13 @@ class AdminRevenueView(ApiView):
                 for row in report.by_offer
             ],
         }
-        return cached_response(request, self.OutputSerializer(body).data)
+        # The output serializer minus the two per-read fields, as plain JSON types (dict, str, ...).
+        serializer = self.OutputSerializer(
+            {**body, "as_of": None, "cached": False}, context={"request": self.request}
+        )
+        rendered = dict(serializer.data)
+        del rendered["as_of"], rendered["cached"]
+        return orjson.loads(orjson.dumps(rendered, default=str))
 
 
 # --- platform stats --------------------------------------------------------------------------------

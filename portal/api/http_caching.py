@@ -10,14 +10,13 @@ than the server's.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from django.utils.cache import patch_vary_headers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.utils.encoders import JSONEncoder
 
 from converzia.errors import Forbidden
 
@@ -28,10 +27,14 @@ FRESH_PARAM = "fresh"
 
 
 def body_etag(body: Mapping[str, Any]) -> str:
-    """A strong ETag over the body minus `cached` (canonical JSON: sorted keys, DRF's encoder)."""
+    """A strong ETag over the body minus `cached` (canonical JSON: sorted keys).
+
+    orjson rather than the standard library: the admin revenue body is ~400 KB, which `json.dumps`
+    takes tens of milliseconds to canonicalize on every request.
+    """
     payload = {key: value for key, value in body.items() if key != "cached"}
-    canonical = json.dumps(payload, cls=JSONEncoder, sort_keys=True, separators=(",", ":"))
-    return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:32] + '"'
+    canonical = orjson.dumps(payload, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return '"' + hashlib.sha256(canonical).hexdigest()[:32] + '"'
 
 
 def etag_matches(request: Request, etag: str) -> bool:

@@ -40,6 +40,7 @@ from converzia.tests.api_world import (
 from deliveries.tests.factories import DeliveryFactory
 from leads.models import LeadEventType, LeadOfferStatus
 from leads.tests.factories import LeadEventFactory, LeadOfferFactory, LeadSourceFactory, OfferFactory
+from portal.stats_view import tenant_stats_refresh
 
 pytestmark = pytest.mark.django_db
 
@@ -172,7 +173,7 @@ BUDGETS: dict[str, int] = {
     "leads-list": 8,
     "leads-list-filtered": 8,
     "leads-detail": 9,
-    "leads-stats cold": 14,
+    "leads-stats cold": 15,
     "leads-stats warm": 2,
     "funnel cold": 9,
     "funnel warm": 2,
@@ -191,7 +192,7 @@ BUDGETS: dict[str, int] = {
     "admin-queue": 12,
     "admin-revenue cold": 7,
     "admin-revenue warm": 1,
-    "admin-stats": 8,
+    "admin-stats": 9,
     "ops-transition": 11,
     "ops-qualification": 16,
     "webhook-verify": 0,
@@ -290,6 +291,9 @@ def test_every_endpoint_has_a_fixed_budget_that_does_not_grow_with_rows(httpserv
     httpserver.expect_request("/hook").respond_with_data("ok")
     cache.delete_pattern("*")
     world = build_world(httpserver.url_for("/hook"))
+    # Reads of tenant_stats_materialized skip the trend query while the view was never refreshed, so
+    # whether an earlier test left it populated must not change the counts: refresh it here.
+    tenant_stats_refresh()
     endpoints = {name: endpoint for name, endpoint in ENDPOINTS.items() if available(name, endpoint)}
     clients = {caller: world.client(caller) for caller in {e.caller for e in endpoints.values()}}
     for endpoint in endpoints.values():  # first use of each token (its last_used_at write)

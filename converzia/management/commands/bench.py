@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import http.client
 import json
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +44,12 @@ class Command(ConverziaCommand):
         parser.add_argument("--warmup", type=int, default=20, help="Untimed requests first (fill caches).")
         parser.add_argument("--concurrency", type=_positive, default=2, help="Requests in flight.")
         parser.add_argument(
+            "--max-seconds",
+            type=float,
+            default=30.0,
+            help="Stop a scenario after this long even if it has fewer samples (default 30).",
+        )
+        parser.add_argument(
             "--raw-repeat", type=_positive, default=30, help="Runs of each request's SQL for its raw p50."
         )
         parser.add_argument(
@@ -53,6 +60,15 @@ class Command(ConverziaCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._check_server(options["url"])
+        # The requests replayed in-process to capture their SQL log like any request; their lines
+        # would drown the report.
+        logging.disable(logging.INFO)
+        try:
+            self._bench(options)
+        finally:
+            logging.disable(logging.NOTSET)
+
+    def _bench(self, options: dict[str, Any]) -> None:
         try:
             with bench_fixture() as fixture:
                 scenarios, skipped = read_scenarios(fixture)
@@ -115,12 +131,16 @@ class Command(ConverziaCommand):
             total=options["requests"],
             concurrency=options["concurrency"],
             warmup=options["warmup"],
+            max_seconds=options["max_seconds"],
         )
         raw_p50 = statements = None
         if scenario.raw_sql_request is not None:
             captured = capture_request_sql(scenario.raw_sql_request.path, scenario.raw_sql_request.headers)
             if captured.status == 200 and captured.reads:
-                raw_p50 = median_ms(time_statements(captured.reads, repeat=options["raw_repeat"]))
+                durations = time_statements(
+                    captured.reads, repeat=options["raw_repeat"], concurrency=options["concurrency"]
+                )
+                raw_p50 = median_ms(durations)
                 statements = len(captured.reads)
         result = scenario_result(scenario, load, raw_sql_p50_ms=raw_p50, raw_sql_statements=statements)
         self.stderr.write(f" p50 {result.p50_ms:.1f} ms")
