@@ -213,7 +213,12 @@ def test_created_dates_follow_each_tenants_own_zone(owner, client_for):
     assert ids(body) == [str(lead_offer.pk)]
 
 
-def test_q_matches_name_email_and_phone_in_any_written_form(offer, owner, client_for):
+@pytest.mark.parametrize("prefilter_cap", [2_000, 0], ids=["by-lead-ids", "by-join"])
+def test_q_matches_name_email_and_phone_in_any_written_form(
+    prefilter_cap, offer, owner, client_for, monkeypatch
+):
+    # Both ways the list narrows to the matching leads: by their ids (few matches) or by a join (many).
+    monkeypatch.setattr("leads.selectors.SEARCH_PREFILTER_CAP", prefilter_cap)
     ana = LeadOfferFactory(
         offer=offer, lead=LeadFactory(full_name="Ana Pérez", email="ana@corp.test", phone="+5491122334455")
     )
@@ -222,9 +227,20 @@ def test_q_matches_name_email_and_phone_in_any_written_form(offer, owner, client
     )
     client = client_for(owner)
 
-    for q in ("pérez", "ANA@CORP", "+54 9 11 2233-4455", "011 2233-4455", "22334455"):
+    for q in (
+        "pérez",
+        "PÉREZ",
+        "ana pé",
+        "ANA@CORP",
+        "+54 9 11 2233-4455",
+        "011 2233-4455",
+        "22334455",
+    ):
         assert ids(client.get(LIST_URL, {"q": q}).json()) == [str(ana.pk)], q
     assert client.get(LIST_URL, {"q": "nobody"}).json()["results"] == []
+    # LIKE's wildcards in `q` are literal characters.
+    assert client.get(LIST_URL, {"q": "%"}).json()["results"] == []
+    assert client.get(LIST_URL, {"q": "_"}).json()["results"] == []
     # A blank q is no filter.
     assert len(client.get(LIST_URL, {"q": "  "}).json()["results"]) == 2
 
@@ -627,16 +643,18 @@ def test_list_query_budget_does_not_grow_with_the_page(tenant, offer, owner, cli
         response = client.get(LIST_URL, {"page_size": 50, "q": "a", "status": "ENGAGED,SENT_TO_DEVELOPER"})
 
     assert response.status_code == 200
-    # token + user, membership + tenant, the page (lead, offer and source joined in): no COUNT, no N+1.
+    # token + user, membership + tenant, the leads matching `q` (capped, from the trigram index), the
+    # page (lead, offer and source joined in): no COUNT, no N+1, whatever the rows.
     queries = data_queries(captured.captured_queries)
-    assert len(queries) == 3, queries
+    assert len(queries) == 4, queries
+    assert "lead_search_text" in queries[2]
     page_sql = queries[-1]
     assert "COUNT(" not in page_sql.upper()
     assert "OFFSET" not in page_sql.upper()
     # The order of idx_lead_offers_tenant[_status]_updated, so the page is an index range scan.
     updated_at, pk = (LEAD_OFFER_LIST_FIELDS.index(name) + 1 for name in ("updated_at", "id"))
     assert page_sql.endswith(f"ORDER BY {updated_at} DESC, {pk} DESC LIMIT 51")
-    assert len(captured.captured_queries) == 8  # + SAVEPOINT, 2× limits, set_config, RELEASE
+    assert len(captured.captured_queries) == 9  # + SAVEPOINT, 2× limits, set_config, RELEASE
 
 
 def test_detail_query_budget(tenant, offer, owner, client_for):

@@ -171,7 +171,7 @@ BUDGETS: dict[str, int] = {
     "metrics": 14,  # auth + the queue backlog and stats-view gauges refreshed per scrape
     "auth-token": 7,
     "leads-list": 8,
-    "leads-list-filtered": 8,
+    "leads-list-filtered": 9,  # + the capped lookup of the leads matching `q`
     "leads-detail": 9,
     "leads-stats cold": 15,
     "leads-stats warm": 2,
