@@ -7,7 +7,10 @@ import uuid
 
 import pytest
 
+from billing.services import credit_bonus_grant
 from converzia.models import TenantRole
+from deliveries.models import Delivery
+from deliveries.services import SendRecord, delivery_complete, lead_offer_qualify
 from leads.funnel import STAGE_KEYS
 from leads.models import DisqualificationCategory, LeadOfferStatus
 from leads.services import lead_offer_transition
@@ -447,3 +450,40 @@ def test_schema_documents_both_endpoints(api_client):
         "conversion_rate",
         "offers",
     }
+
+
+def test_a_ledger_entry_and_a_delivery_each_make_the_next_read_fresh_and_exact(
+    tenant, owner, client_for, django_capture_on_commit_callbacks
+):
+    """Stats after each kind of write the cache must follow (a transition and a new lead are above and
+    in leads/tests/test_ingestion.py): the next read is recomputed and shows the change."""
+    lead_offer = LeadOfferFactory(offer=OfferFactory(tenant=tenant), status=S.QUALIFYING)
+    with django_capture_on_commit_callbacks(execute=True):
+        credit_bonus_grant(tenant=tenant, amount=5, reason="test")
+        lead_offer = lead_offer_qualify(lead_offer=lead_offer, score_total=95)  # LEAD_READY: a delivery
+    client = client_for(owner)
+    client.get(STATS_URL)
+    assert client.get(STATS_URL).json()["cached"] is True
+
+    with django_capture_on_commit_callbacks(execute=True):
+        credit_bonus_grant(tenant=tenant, amount=3, reason="test")
+    after_ledger = client.get(STATS_URL).json()
+    assert (after_ledger["cached"], after_ledger["credit_balance"]) == (False, 8)
+    assert client.get(STATS_URL).json()["cached"] is True
+
+    delivery = Delivery.objects.get(lead_offer=lead_offer)
+    with django_capture_on_commit_callbacks(execute=True):
+        delivery_complete(
+            SendRecord(
+                delivery_id=delivery.pk,
+                attempt_number=1,
+                destination_id=None,
+                url="https://hooks.example.test/leads",
+                status_code=200,
+                duration_ms=5,
+            )
+        )
+    after_delivery = client.get(STATS_URL).json()
+    assert after_delivery["cached"] is False
+    assert (after_delivery["delivered_today"], after_delivery["stages"]["delivered"]) == (1, 1)
+    assert after_delivery["credit_balance"] == 7  # the delivery's one credit
