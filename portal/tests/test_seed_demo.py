@@ -223,10 +223,13 @@ def test_json_logins_authenticate():
     assert not ApiToken.objects.filter(key_digest=credentials["staff"]["api_token"]).exists()
 
 
-def test_json_is_the_only_thing_on_stdout_and_the_summary_goes_to_stderr():
+def test_json_is_the_only_thing_on_stdout_and_the_summary_goes_to_stderr(capsys):
     out, err = seed(*SMALL, "--json")
 
     json.loads(out)
+    # Nothing reaches the process's own stdout either (`seed_demo --json > logins.json`).
+    assert capsys.readouterr().out == ""
+    assert "rebuilding" in err
     assert re.search(r"seed_demo: 5 tenants, 1,500 lead_offers, [\d,]+ rows in [\d.]+ s", err)
 
 

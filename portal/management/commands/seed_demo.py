@@ -16,6 +16,7 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management import call_command, get_commands
@@ -93,7 +94,9 @@ class Command(ConverziaCommand):
         )
         try:
             report = seed_demo(
-                config, progress=bar.update, log=lambda message: None if quiet else bar.write(message)
+                config,
+                progress=bar.update,
+                log=self._log_writer(quiet=quiet, bar_shown=show_bar),
             )
         except SeedError as exc:
             raise CommandError(str(exc)) from None
@@ -127,3 +130,12 @@ class Command(ConverziaCommand):
                 say("statuses: " + ", ".join(f"{s} {n:,}" for s, n in report.status_counts.items()))
         if as_json:
             self.stdout.write(json.dumps(report.credentials, indent=2))
+
+    def _log_writer(self, *, quiet: bool, bar_shown: bool) -> Callable[[str], None]:
+        """Progress lines go to stderr (stdout may carry the JSON); above a live bar, through tqdm so
+        the bar is redrawn below them."""
+        if quiet:
+            return lambda message: None
+        if bar_shown:
+            return lambda message: tqdm.write(message, file=sys.stderr)
+        return self.stderr.write
