@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -130,6 +132,21 @@ def _qualified(schema: str, name: str, using: str) -> str:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name)).as_string(raw)
 
 
+@contextmanager
+def _library_loaded() -> Iterator[None]:
+    """Reads of the view fail when the extension exists but the server does not preload its library:
+    say so instead of surfacing the raw error."""
+    try:
+        yield
+    except DatabaseError as exc:
+        if _not_preloaded(exc):
+            raise StatStatementsUnavailable(
+                "not_preloaded",
+                "pg_stat_statements is created but the server does not preload its library.",
+            ) from exc
+        raise
+
+
 def _not_preloaded(exc: DatabaseError) -> bool:
     # "pg_stat_statements must be loaded via shared_preload_libraries" (SQLSTATE 55000).
     return getattr(exc.__cause__, "sqlstate", None) == "55000"
@@ -176,27 +193,19 @@ def slow_queries(
             ORDER BY s.{order_column} DESC, s.queryid
             LIMIT %s::int
         """
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(query, [database, database, min_calls, limit])
-                rows = cursor.fetchall()
-                cursor.execute(f"SELECT stats_reset, dealloc FROM {info}")
-                stats_reset, deallocated = cursor.fetchone()
-                scope_total = None
-                if not rows:
-                    cursor.execute(
-                        f"SELECT coalesce(sum(total_exec_time), 0) FROM {view} s WHERE %s::text IS NULL"
-                        " OR s.dbid = (SELECT oid FROM pg_database WHERE datname = %s::text)",
-                        [database, database],
-                    )
-                    (scope_total,) = cursor.fetchone()
-        except DatabaseError as exc:
-            if _not_preloaded(exc):
-                raise StatStatementsUnavailable(
-                    "not_preloaded",
-                    "pg_stat_statements is created but the server does not preload its library.",
-                ) from exc
-            raise
+        with _library_loaded(), connection.cursor() as cursor:
+            cursor.execute(query, [database, database, min_calls, limit])
+            rows = cursor.fetchall()
+            cursor.execute(f"SELECT stats_reset, dealloc FROM {info}")
+            stats_reset, deallocated = cursor.fetchone()
+            scope_total = None
+            if not rows:
+                cursor.execute(
+                    f"SELECT coalesce(sum(total_exec_time), 0) FROM {view} s WHERE %s::text IS NULL"
+                    " OR s.dbid = (SELECT oid FROM pg_database WHERE datname = %s::text)",
+                    [database, database],
+                )
+                (scope_total,) = cursor.fetchone()
     statements = [
         Statement(
             queryid=r[0],
@@ -236,20 +245,12 @@ def stat_statements_reset(*, all_databases: bool = False, using: str = DEFAULT_D
     with guarded("dbtools.stat_statements_reset", timeout_ms=QUERY_TIMEOUT_MS, using=using):
         schema = _extension_schema(using)
         function = _qualified(schema, "pg_stat_statements_reset", using)
-        try:
-            with connections[using].cursor() as cursor:
-                if all_databases:
-                    cursor.execute(f"SELECT {function}()")
-                    return "all databases"
-                cursor.execute(
-                    f"SELECT {function}(0, d.oid, 0), d.datname"
-                    " FROM pg_database d WHERE d.datname = current_database()"
-                )
-                return f"database {cursor.fetchone()[1]}"
-        except DatabaseError as exc:
-            if _not_preloaded(exc):
-                raise StatStatementsUnavailable(
-                    "not_preloaded",
-                    "pg_stat_statements is created but the server does not preload its library.",
-                ) from exc
-            raise
+        with _library_loaded(), connections[using].cursor() as cursor:
+            if all_databases:
+                cursor.execute(f"SELECT {function}()")
+                return "all databases"
+            cursor.execute(
+                f"SELECT {function}(0, d.oid, 0), d.datname"
+                " FROM pg_database d WHERE d.datname = current_database()"
+            )
+            return f"database {cursor.fetchone()[1]}"
