@@ -132,7 +132,7 @@ PHONE_DEFAULT_REGION = env.str("PHONE_DEFAULT_REGION", default="AR")
 
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 
 # --- Integrations ---------------------------------------------------------------------------
 META_APP_SECRET = env.str("META_APP_SECRET", default="")

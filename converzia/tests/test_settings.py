@@ -6,6 +6,7 @@ a container starts the app.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -72,3 +73,29 @@ def test_check_deploy_passes_with_no_warnings():
     result = run_python(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], production_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+def test_production_serves_collected_static_files_under_hashed_names_with_far_future_caching(tmp_path):
+    """collectstatic writes hashed (and gzipped) copies; the app serves them with a year's immutable
+    Cache-Control, while an unhashed name may change and gets a short one."""
+    env = production_env(STATIC_ROOT=str(tmp_path / "static"))
+    collected = run_python(["manage.py", "collectstatic", "--noinput", "-v", "0"], env)
+    assert collected.returncode == 0, collected.stderr
+    manifest = (tmp_path / "static" / "staticfiles.json").read_text()
+    hashed = json.loads(manifest)["paths"]["admin/css/base.css"]
+    assert hashed != "admin/css/base.css" and (tmp_path / "static" / (hashed + ".gz")).exists()
+
+    code = (
+        "import django, sys; django.setup(); from django.test import Client;"
+        "client = Client(SERVER_NAME='api.converzia.example');"
+        "r = client.get(sys.argv[1], secure=True, headers={'Accept-Encoding': 'gzip'});"
+        "print(r.status_code, r.headers.get('Content-Encoding'), r.headers['Cache-Control'], sep='|')"
+    )
+    served = run_python(["-c", code, f"/static/{hashed}"], env)
+    plain = run_python(["-c", code, "/static/admin/css/base.css"], env)
+
+    assert served.returncode == 0, served.stderr
+    status, encoding, cache_control = served.stdout.strip().split("|")
+    assert (status, encoding) == ("200", "gzip")
+    assert "immutable" in cache_control and "max-age=315360000" in cache_control
+    assert plain.stdout.strip().split("|")[2] == "max-age=60, public"
