@@ -99,3 +99,28 @@ def test_production_serves_collected_static_files_under_hashed_names_with_far_fu
     assert (status, encoding) == ("200", "gzip")
     assert "immutable" in cache_control and "max-age=315360000" in cache_control
     assert plain.stdout.strip().split("|")[2] == "max-age=60, public"
+
+
+def test_db_pool_size_switches_persistent_connections_to_a_psycopg_pool(db, settings):
+    # The subprocess connects for real, so it gets the test database (which the `db` fixture creates).
+    database = settings.DATABASES["default"]
+    database_url = (
+        f"postgres://{database['USER']}@{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}"
+        f"/{database['NAME']}"
+    )
+    code = (
+        "import json, django; django.setup(); from django.conf import settings; "
+        "from django.db import connection; db = settings.DATABASES['default']; "
+        "connection.ensure_connection(); "
+        "print(json.dumps([db['CONN_MAX_AGE'], db['OPTIONS'].get('pool'), connection.pool is not None]))"
+    )
+    pooled = run_python(["-c", code], production_env(DATABASE_URL=database_url, DB_POOL_SIZE="4"))
+    assert pooled.returncode == 0, pooled.stderr
+    conn_max_age, pool, connected_through_pool = json.loads(pooled.stdout)
+    assert conn_max_age == 0
+    assert pool == {"min_size": 1, "max_size": 4, "timeout": 3}
+    assert connected_through_pool is True
+
+    persistent = run_python(["-c", code], production_env(DATABASE_URL=database_url))
+    assert persistent.returncode == 0, persistent.stderr
+    assert json.loads(persistent.stdout) == [60, None, False]
