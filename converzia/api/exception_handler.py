@@ -8,6 +8,8 @@ Mapping:
 - DRF and Django `PermissionDenied` → 403 `forbidden`; `NotFound` / `Http404` → 404 `not_found`;
   `MethodNotAllowed` → 405; `Throttled` → 429 `rate_limited` with `Retry-After`.
 - Django `ValidationError` → 400 `invalid_input`.
+- A database that cannot be reached (connection refused, timed out, closed under us, shutting down)
+  → 503 `unavailable` with `Retry-After`: the client did nothing wrong and may try again.
 - Anything else → 500 `internal_error`, logged with its traceback; the body says nothing about it.
 """
 
@@ -17,9 +19,11 @@ import logging
 import math
 from typing import Any
 
+import psycopg
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import Error as DatabaseError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -34,6 +38,12 @@ logger = logging.getLogger("converzia.api")
 
 # A query timeout without an explicit hint still tells the client when to come back.
 DEFAULT_QUERY_TIMEOUT_RETRY_AFTER_S = 2
+# A database outage (failover, restart) usually lasts seconds to a minute.
+DATABASE_UNAVAILABLE_RETRY_AFTER_S = 5
+# SQLSTATEs that mean "the server is not there for us", as opposed to a fault in the query:
+# class 08 (connection exception) and 57P01–57P03 (shutdown, crash shutdown, cannot connect now).
+_UNAVAILABLE_SQLSTATE_CLASS = "08"
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 # Codes for DRF exceptions that have no dedicated branch below, by status.
 _CODE_BY_STATUS: dict[int, ErrorCode] = {
@@ -95,6 +105,14 @@ def _response_for(exc: Exception, context: dict[str, Any]) -> Response:
         return error_response(ErrorCode.FORBIDDEN, "You do not have permission to do this.", 403)
     if isinstance(exc, DjangoValidationError):
         return error_response(ErrorCode.INVALID_INPUT, INVALID_INPUT_MESSAGE, 400, _django_error_details(exc))
+    if database_unreachable(exc):
+        logger.warning("Database unavailable: %s", type(exc.__cause__ or exc).__name__)
+        return error_response(
+            ErrorCode.UNAVAILABLE,
+            "The service is temporarily unavailable.",
+            503,
+            headers={"Retry-After": str(DATABASE_UNAVAILABLE_RETRY_AFTER_S)},
+        )
     view = context.get("view")
     logger.exception(
         "Unhandled exception in %s",
@@ -102,6 +120,23 @@ def _response_for(exc: Exception, context: dict[str, Any]) -> Response:
         exc_info=exc,
     )
     return error_response(ErrorCode.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE, 500)
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached, rather than that a query failed.
+
+    psycopg raises connection failures (refused, timed out, closed by the server) without a SQLSTATE,
+    since no server answered; a server going away answers with class 08 or 57P01–57P03.
+    """
+    if not isinstance(exc, DatabaseError):
+        return False
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate is None:
+        # Django wraps every psycopg error; only the driver's OperationalError/InterfaceError without a
+        # server answer is a connection failure (psycopg_pool's PoolTimeout is an OperationalError).
+        return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError))
+    return sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASS) or sqlstate in _UNAVAILABLE_SQLSTATES
 
 
 def _domain_error_response(exc: DomainError) -> Response:
