@@ -1,5 +1,6 @@
 """What the benchmark measures against: the whale tenant, a ~10k-lead tenant, their owners, a staff
-user, and throw-away API tokens for them (revoked when the run ends)."""
+user, the simulated portal users of the session scenarios (owners of the largest tenants, one token
+each), and throw-away API tokens for all of them (revoked when the run ends)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from django.utils import timezone
 from converzia.api.pagination import cursor_after
 from converzia.models import ApiToken, MembershipStatus, Tenant, TenantMember, TenantRole, User
 from converzia.services import api_token_issue, api_token_revoke
+from leads.measure.load import MEASURE_SLUG
 from leads.models import LeadOffer
 
 TOKEN_NAME = "bench"
@@ -40,19 +42,34 @@ class MeasuredTenant:
 
 
 @dataclass(frozen=True)
+class SessionUser:
+    """One simulated portal user: a tenant's owner with a token of its own."""
+
+    tenant_id: uuid.UUID
+    token: str
+
+
+@dataclass(frozen=True)
 class BenchFixture:
     whale: MeasuredTenant
     small: MeasuredTenant
     staff_token: str
     today: dt.date
+    session_users: list[SessionUser] = field(default_factory=list)
 
 
 def _lead_offer_counts() -> list[tuple[uuid.UUID, int]]:
-    rows = LeadOffer.objects.values_list("tenant_id").annotate(n=Count("id")).order_by("-n")
+    # The ingestion scenarios' own tenant grows with every run and has no owner: never measured.
+    rows = (
+        LeadOffer.objects.exclude(tenant_id__in=Tenant.objects.filter(slug=MEASURE_SLUG).values("pk"))
+        .values_list("tenant_id")
+        .annotate(n=Count("id"))
+        .order_by("-n")
+    )
     return [(tenant_id, count) for tenant_id, count in rows]
 
 
-def _owner(tenant: Tenant) -> User:
+def _owner_or_none(tenant: Tenant) -> User | None:
     member = (
         TenantMember.objects.for_tenant(tenant)
         .filter(role=TenantRole.OWNER, status=MembershipStatus.ACTIVE, user__is_active=True)
@@ -60,9 +77,40 @@ def _owner(tenant: Tenant) -> User:
         .order_by("created_at")
         .first()
     )
-    if member is None:
+    return None if member is None else member.user
+
+
+def _owner(tenant: Tenant) -> User:
+    owner = _owner_or_none(tenant)
+    if owner is None:
         raise BenchDataError(f"Tenant {tenant.slug} has no active OWNER to measure as.")
-    return member.user
+    return owner
+
+
+def _session_users(
+    counts: list[tuple[uuid.UUID, int]], users: int, issued: list[ApiToken]
+) -> list[SessionUser]:
+    """`users` tokens spread round-robin over the owners of the largest tenants (at most one tenant
+    per user; tenants without an active owner, such as the ingestion measurement's, are passed over)."""
+    if users < 1:
+        return []
+    tenants = Tenant.objects.in_bulk([tenant_id for tenant_id, _ in counts])
+    owners: list[tuple[uuid.UUID, User]] = []
+    for tenant_id, _ in counts:
+        owner = _owner_or_none(tenants[tenant_id])
+        if owner is not None:
+            owners.append((tenant_id, owner))
+        if len(owners) == users:
+            break
+    if not owners:
+        raise BenchDataError("No tenant with leads has an active OWNER to simulate portal users with.")
+    sessions = []
+    for index in range(users):
+        tenant_id, owner = owners[index % len(owners)]
+        token = api_token_issue(user=owner, name=TOKEN_NAME)
+        issued.append(token.token)
+        sessions.append(SessionUser(tenant_id=tenant_id, token=token.raw))
+    return sessions
 
 
 def _deep_cursors(tenant: Tenant, total: int, depths: tuple[int, ...]) -> dict[int, str]:
@@ -110,7 +158,7 @@ def _measured(tenant: Tenant, count: int, issued: list[ApiToken], *, deep: bool)
 
 
 @contextmanager
-def bench_fixture() -> Iterator[BenchFixture]:
+def bench_fixture(*, session_users: int = 0) -> Iterator[BenchFixture]:
     counts = _lead_offer_counts()
     if not counts:
         raise BenchDataError("No lead_offers: load a dataset first (manage.py seed_demo).")
@@ -129,6 +177,7 @@ def bench_fixture() -> Iterator[BenchFixture]:
             small=_measured(tenants[small_id], small_count, issued, deep=False),
             staff_token=staff_token.raw,
             today=timezone.localdate(),
+            session_users=_session_users(counts, session_users, issued),
         )
     finally:
         for token in issued:

@@ -1,6 +1,10 @@
 """Closed-loop HTTP load: `concurrency` clients, each sending its next request as soon as the previous
 one is answered. At concurrency 2 on 2 cores this measures service time rather than queueing
-(TARGETS.md "Latency")."""
+(TARGETS.md "Latency").
+
+`run_closed_loop` cycles through a fixed list of requests; `run_sessions` runs one script per client,
+a generator that decides its next request from the previous answer (a cursor to follow, an id to open).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -20,6 +24,11 @@ class HttpRequest:
     path: str
     headers: dict[str, str]
     body: bytes | None = None
+
+
+# A session script: yields its requests, receives each answer as (status, body); status 0 means the
+# request failed in transport. Returning ends the session.
+SessionScript = Generator[HttpRequest, tuple[int, bytes], None]
 
 
 @dataclass
@@ -127,6 +136,68 @@ def run_closed_loop(
                 result.latencies_s.extend(latencies)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    started = time.perf_counter()
+    deadline = started + max_seconds if max_seconds else None
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def run_sessions(
+    base_url: str,
+    scripts: Sequence[Callable[[], SessionScript]],
+    *,
+    total: int | None = None,
+    timeout_s: float = 30.0,
+    max_seconds: float | None = None,
+) -> LoadResult:
+    """One client thread per script, each on its own keep-alive connection, all timed; stop when every
+    script has returned, `total` requests have been sent in all, or `max_seconds` have passed."""
+    if not scripts:
+        raise ValueError("No sessions to run.")
+    result = LoadResult()
+    lock = threading.Lock()
+    counter = itertools.count()
+
+    def worker(script: Callable[[], SessionScript]) -> None:
+        client = _Client(base_url, timeout_s)
+        session = script()
+        latencies: list[float] = []
+        try:
+            request = next(session, None)
+            while request is not None:
+                if (total is not None and next(counter) >= total) or (
+                    deadline is not None and time.perf_counter() >= deadline
+                ):
+                    break
+                started = time.perf_counter()
+                try:
+                    status, body = client.send(request)
+                except (OSError, http.client.HTTPException) as exc:
+                    with lock:
+                        result.errors[type(exc).__name__] += 1
+                        result.first_failure = result.first_failure or f"{request.path}: {exc!r}"
+                    status, body = 0, b""
+                else:
+                    latencies.append(time.perf_counter() - started)
+                    with lock:
+                        result.statuses[status] += 1
+                        if not 200 <= status < 400 and result.first_failure is None:
+                            result.first_failure = f"{request.method} {request.path}: {status} {body[:300]!r}"
+                try:
+                    request = session.send((status, body))
+                except StopIteration:
+                    request = None
+        finally:
+            session.close()
+            client.close()
+            with lock:
+                result.latencies_s.extend(latencies)
+
+    threads = [threading.Thread(target=worker, args=(script,), daemon=True) for script in scripts]
     started = time.perf_counter()
     deadline = started + max_seconds if max_seconds else None
     for thread in threads:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 from django.urls import NoReverseMatch, reverse
@@ -37,6 +38,16 @@ class Scenario:
     ratio_target: float | None = None
 
 
+@dataclass(frozen=True)
+class Flow:
+    """A scenario that is more than a list of requests cycled closed-loop (sessions, writes, ingestion):
+    it runs itself and returns its result."""
+
+    name: str
+    description: str
+    run: Callable[[], Any]  # () -> report.ScenarioResult (report imports this module)
+
+
 LIST_TARGETS = Targets(guide_ms=(100, 300, 500), ours_ms=(10, 30))
 DASHBOARD_GUIDE_MS = (300, 1000, 2000)
 STATS_WHALE_UNCACHED = Targets(DASHBOARD_GUIDE_MS, (30, 60))
@@ -46,6 +57,7 @@ FUNNEL_UNCACHED = Targets(DASHBOARD_GUIDE_MS, (30, 100))
 ADMIN_STATS_TARGETS = Targets(DASHBOARD_GUIDE_MS, (10, 30))
 REVENUE_UNCACHED = Targets(DASHBOARD_GUIDE_MS, (50, 200))
 NO_TARGET = Targets(None, None)
+WRITE_TARGETS = Targets(guide_ms=(200, 500, 1000), ours_ms=(10, 40))
 OVERHEAD_RATIO_TARGET = 2.0
 
 

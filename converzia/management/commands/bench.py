@@ -1,34 +1,91 @@
-"""Measure the read API against a running server (TARGETS.md "Latency").
+"""Measure a running server against TARGETS.md: read latency, user sessions, mixed read throughput,
+the ops write, the Meta webhook's ack and ingestion end to end.
 
-    manage.py bench --url http://127.0.0.1:8000              # every scenario, 300 requests each
+    manage.py bench --url http://127.0.0.1:8000              # every scenario
     manage.py bench --scenario 'stats.*' --requests 1000     # some scenarios, more samples
     manage.py bench --json > bench.json
+    manage.py bench --scenario 'webhook.*' --worker-running --graph-port 8765   # your own worker
 
-The server must use the same database as this command: the command picks the tenants to measure
-(the whale and a ~10k-lead tenant), issues throw-away API tokens (revoked at the end), and times the
-SQL of each request on its own for the API / raw SQL ratio. See docs/performance.md.
+The server must use the same database as this command (and, for the webhook scenarios, the same
+META_APP_SECRET): the command picks the tenants to measure (the whale and a ~10k-lead tenant, plus
+owners of the largest tenants as session users), issues throw-away API tokens (revoked at the end),
+and times the SQL of each read on its own for the API / raw SQL ratio. It writes: ingested leads land
+on the `measure-ingestion` tenant; the ops scenario moves some of the whale's lead_offers to a partner
+status and back (converzia/bench/writes.py). Every run writes reports/bench/<UTC timestamp>/ (report.json,
+report.md, latency.png) unless --no-report. See docs/performance.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import http.client
-import json
 import logging
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
+from django.utils import timezone
 
-from converzia.bench.fixture import BenchDataError, bench_fixture
-from converzia.bench.http import run_closed_loop
-from converzia.bench.report import ScenarioResult, scenario_result, table
-from converzia.bench.scenarios import Scenario, read_scenarios
+from converzia.bench.fixture import BenchDataError, BenchFixture, bench_fixture
+from converzia.bench.http import LoadResult, run_closed_loop
+from converzia.bench.ingestion import (
+    ACK_TARGETS,
+    LEADS_PER_S_TARGET,
+    IngestionError,
+    IngestionRig,
+    RigOptions,
+    webhook_ack,
+    webhook_end_to_end,
+)
+from converzia.bench.report import (
+    ScenarioResult,
+    json_text,
+    measured_result,
+    scenario_result,
+    table,
+    write_report,
+)
+from converzia.bench.scenarios import NO_TARGET, WRITE_TARGETS, Flow, Scenario, read_scenarios
+from converzia.bench.sessions import (
+    MIXED_READ_TARGET_PER_S,
+    SESSION_LOOP_REQUESTS,
+    mixed_reads,
+    run_mixed_reads,
+    run_user_sessions,
+)
 from converzia.bench.sql import capture_request_sql, median_ms, time_statements
+from converzia.bench.writes import (
+    ROWS_PER_CLIENT,
+    TransitionRow,
+    reversible_partners,
+    run_transitions,
+    transition_rows,
+)
 from converzia.management.base import ConverziaCommand
 
 # --quick: every scenario runs, each briefly (CI smoke on a small dataset, well under a minute).
-QUICK = {"requests": 20, "warmup": 2, "raw_repeat": 2, "max_seconds": 3.0}
+QUICK = {
+    "requests": 20,
+    "warmup": 2,
+    "raw_repeat": 2,
+    "max_seconds": 3.0,
+    "session_loops": 1,
+    "mixed_concurrency": [4, 8],
+    "mixed_seconds": 1.5,
+    "e2e_events": 50,
+    "ingest_timeout": 60.0,
+    "worker_processes": 1,  # one Django start-up less
+}
+DEFAULT_REPORT_DIR = Path(settings.BASE_DIR) / "reports" / "bench"
+# Events sent through the whole ingestion path before the end-to-end timing, when the ack scenario
+# has not already warmed the worker.
+E2E_WARMUP_EVENTS = 10
+Named = TypeVar("Named", Scenario, Flow)
 
 
 def _positive(value: str) -> int:
@@ -36,6 +93,17 @@ def _positive(value: str) -> int:
     if number < 1:
         raise ValueError(value)
     return number
+
+
+def _levels(value: str) -> list[int]:
+    return [_positive(part) for part in value.split(",") if part.strip()]
+
+
+def _failed(name: str, description: str, message: str) -> ScenarioResult:
+    """A scenario that could not run (its worker died): one failure that says why."""
+    load = LoadResult(first_failure=message)
+    load.errors["could not run"] += 1
+    return measured_result(name=name, description=description, load=load, targets=NO_TARGET)
 
 
 class Command(ConverziaCommand):
@@ -65,10 +133,75 @@ class Command(ConverziaCommand):
         )
         parser.add_argument("--list", action="store_true", help="List the scenarios and exit.")
         parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
+        sessions = parser.add_argument_group("sessions and throughput")
+        sessions.add_argument(
+            "--users", type=_positive, default=20, help="Simulated portal users in sessions.users."
+        )
+        sessions.add_argument(
+            "--session-loops",
+            type=_positive,
+            default=5,
+            help=f"Loops per user ({SESSION_LOOP_REQUESTS} requests each; --max-seconds still applies).",
+        )
+        sessions.add_argument(
+            "--mixed-concurrency",
+            type=_levels,
+            default=[4, 8, 16],
+            help="Concurrencies reads.mixed tries in turn, keeping the best (default 4,8,16).",
+        )
+        sessions.add_argument(
+            "--mixed-seconds", type=float, default=10.0, help="Seconds reads.mixed runs at each."
+        )
+        ingestion = parser.add_argument_group("webhook scenarios")
+        ingestion.add_argument(
+            "--e2e-events", type=_positive, default=2000, help="Signed POSTs in webhook.end_to_end."
+        )
+        ingestion.add_argument(
+            "--e2e-changes-per-event", type=_positive, default=1, help="Leadgen changes per POST there."
+        )
+        ingestion.add_argument(
+            "--e2e-concurrency", type=_positive, default=8, help="Client threads POSTing there."
+        )
+        ingestion.add_argument(
+            "--worker-running",
+            action="store_true",
+            help="Use a worker already running with META_GRAPH_URL=http://127.0.0.1:<--graph-port> "
+            "instead of starting one.",
+        )
+        ingestion.add_argument(
+            "--graph-port",
+            type=int,
+            default=0,
+            help="Port of the Graph stub (0: any; fixed with --worker-running).",
+        )
+        ingestion.add_argument(
+            "--worker-processes", type=_positive, default=2, help="run_worker processes the bench starts."
+        )
+        ingestion.add_argument(
+            "--worker-concurrency", type=_positive, default=4, help="--concurrency of each of them."
+        )
+        ingestion.add_argument(
+            "--ingest-timeout",
+            type=float,
+            default=300.0,
+            help="Seconds to wait for the worker to process what a webhook scenario posted.",
+        )
+        output = parser.add_argument_group("report folder")
+        output.add_argument(
+            "--report-dir",
+            type=Path,
+            default=DEFAULT_REPORT_DIR,
+            help="Where each run's <UTC timestamp>/ folder goes (default reports/bench/).",
+        )
+        output.add_argument("--no-report", action="store_true", help="Write no report folder.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["quick"]:
-            options |= QUICK
+            # Quick sizes replace the defaults, not what was asked for on the command line.
+            defaults = vars(self.create_parser("manage.py", "bench").parse_args([]))
+            options |= {key: value for key, value in QUICK.items() if options[key] == defaults[key]}
+        if options["worker_running"] and not options["graph_port"]:
+            raise CommandError("--worker-running needs --graph-port: the port its META_GRAPH_URL names.")
         self._check_server(options["url"])
         # The requests replayed in-process to capture their SQL log like any request; their lines
         # would drown the report.
@@ -79,33 +212,50 @@ class Command(ConverziaCommand):
             logging.disable(logging.NOTSET)
 
     def _bench(self, options: dict[str, Any]) -> None:
+        started_at = timezone.now()
         try:
-            with bench_fixture() as fixture:
+            with bench_fixture(session_users=options["users"]) as fixture, contextlib.ExitStack() as stack:
                 scenarios, skipped = read_scenarios(fixture)
-                scenarios = self._selected(scenarios, options["scenario"])
+                flows, flows_skipped = self._flows(fixture, options, stack)
+                skipped += flows_skipped
+                scenarios = self._selected(scenarios, options["scenario"], also=flows)
+                flows = self._selected(flows, options["scenario"], also=scenarios)
                 if options["list"]:
-                    for scenario in scenarios:
-                        self.stdout.write(f"{scenario.name:28} {scenario.description}")
+                    for item in [*scenarios, *flows]:
+                        self.stdout.write(f"{item.name:28} {item.description}")
                     return
                 self.stderr.write(
                     f"whale: {fixture.whale.tenant.slug} ({fixture.whale.lead_offers:,} lead_offers); "
                     f"small: {fixture.small.tenant.slug} ({fixture.small.lead_offers:,}); "
-                    f"{len(scenarios)} scenarios × {options['requests']} requests at concurrency "
-                    f"{options['concurrency']}"
-                    + (f"; no route for {', '.join(sorted(set(skipped)))}" if skipped else "")
+                    f"{len(scenarios)} read scenarios × {options['requests']} requests at concurrency "
+                    f"{options['concurrency']}, then {len(flows)} more"
+                    + (f"; skipped: {', '.join(sorted(set(skipped)))}" if skipped else "")
                 )
                 results = [self._run(scenario, options) for scenario in scenarios]
+                results += [self._run_flow(flow) for flow in flows]
         except BenchDataError as exc:
             raise CommandError(str(exc)) from None
 
         if options["json"]:
-            self.stdout.write(json.dumps([result.as_dict() for result in results], indent=2))
+            self.stdout.write(json_text(results))
         else:
             self.stdout.write(table(results))
             self.stdout.write(
                 "pass/FAIL compare timings with the targets; the command itself fails only when a request"
                 " fails." + (" A --quick run's timings are indicative only." if options["quick"] else "")
             )
+        if not options["no_report"]:
+            about = {
+                "started_at": started_at.isoformat(timespec="seconds"),
+                "url": options["url"],
+                "quick": options["quick"],
+                "whale": f"{fixture.whale.tenant.slug} ({fixture.whale.lead_offers:,} lead_offers)",
+                "small": f"{fixture.small.tenant.slug} ({fixture.small.lead_offers:,} lead_offers)",
+                "reads": f"{options['requests']} requests each, concurrency {options['concurrency']}",
+                "skipped": ", ".join(sorted(set(skipped))) or "none",
+            }
+            folder = write_report(options["report_dir"], results, about, started_at)
+            (self.stderr if options["json"] else self.stdout).write(f"report: {folder}")
         failed = [result for result in results if result.failed]
         if failed:
             details = "; ".join(
@@ -113,12 +263,201 @@ class Command(ConverziaCommand):
             )
             raise CommandError(f"Requests failed: {details}")
 
-    def _selected(self, scenarios: list[Scenario], patterns: list[str]) -> list[Scenario]:
+    def _flows(
+        self, fixture: BenchFixture, options: dict[str, Any], stack: contextlib.ExitStack
+    ) -> tuple[list[Flow], list[str]]:
+        """The scenarios beyond the read list, in the order they run: reads first (they need the
+        caches the write invalidates), the ingestion last (it loads the machine the most)."""
+        skipped: list[str] = []
+        flows = [
+            Flow(
+                "sessions.users",
+                f"{len(fixture.session_users)} portal users at once, each looping list → next page → "
+                "detail → stats → funnel → balance",
+                lambda: self._sessions(fixture, options),
+            ),
+            Flow(
+                "reads.mixed",
+                "portal reads of the whale and the small tenant, shuffled; best requests/s of "
+                + "/".join(str(level) for level in options["mixed_concurrency"])
+                + " in flight",
+                lambda: self._mixed(fixture, options),
+            ),
+        ]
+        rows = transition_rows(fixture.whale, options["concurrency"] * ROWS_PER_CLIENT)
+        pairs = ", ".join(f"{a}⇄{b}" for a, b in reversible_partners().items())
+        if rows:
+            flows.append(
+                Flow(
+                    "ops.transition",
+                    f"staff transition of {len(rows)} whale lead_offers there and back ({pairs})",
+                    lambda: self._transitions(rows, fixture, options),
+                )
+            )
+        else:
+            skipped.append(f"ops.transition (the whale has no lead_offer to move: {pairs})")
+        if not settings.META_APP_SECRET:
+            skipped.append("webhook.* (no META_APP_SECRET: set the server's)")
+            return flows, skipped
+        rig: list[IngestionRig] = []  # started when a webhook scenario first runs
+
+        def ingestion() -> IngestionRig:
+            if not rig:
+                try:
+                    rig.append(stack.enter_context(IngestionRig(self._rig_options(options))))
+                except (OSError, ValueError) as exc:  # the stub's port is taken; the ad is mapped elsewhere
+                    raise IngestionError(
+                        f"Cannot set up ingestion (Graph stub, measurement route): {exc}"
+                    ) from None
+            return rig[0]
+
+        flows += [
+            Flow(
+                "webhook.ack",
+                f"signed Meta POST, 1 change, concurrency {options['concurrency']}, "
+                + ("the worker running too" if options["worker_running"] else "web alone")
+                + "; then the worker must process them all",
+                lambda: self._ack(ingestion, options),
+            ),
+            Flow(
+                "webhook.end_to_end",
+                f"{options['e2e_events']} signed POSTs × {options['e2e_changes_per_event']} change(s) at "
+                f"concurrency {options['e2e_concurrency']}, first POST → last lead processed",
+                lambda: self._end_to_end(ingestion, options),
+            ),
+        ]
+        return flows, skipped
+
+    def _rig_options(self, options: dict[str, Any]) -> RigOptions:
+        return RigOptions(
+            secret=settings.META_APP_SECRET,
+            worker_running=options["worker_running"],
+            graph_port=options["graph_port"],
+            worker_processes=options["worker_processes"],
+            worker_concurrency=options["worker_concurrency"],
+            timeout_s=options["ingest_timeout"],
+        )
+
+    def _run_flow(self, flow: Flow) -> ScenarioResult:
+        self.stderr.write(f"  {flow.name} …", ending="")
+        self.stderr.flush()
+        started = time.monotonic()
+        try:
+            result: ScenarioResult = flow.run()
+        except IngestionError as exc:
+            result = _failed(flow.name, flow.description, str(exc))
+        result = ScenarioResult(**{**result.as_dict(), "description": flow.description})
+        summary = f" p50 {result.p50_ms:.1f} ms"
+        if result.throughput_per_s is not None:
+            summary += f", {result.throughput_per_s:g} {result.throughput_unit}"
+        self.stderr.write(f"{summary} ({time.monotonic() - started:.1f} s)")
+        return result
+
+    def _sessions(self, fixture: BenchFixture, options: dict[str, Any]) -> ScenarioResult:
+        load = run_user_sessions(
+            options["url"], fixture, loops=options["session_loops"], max_seconds=options["max_seconds"]
+        )
+        return measured_result(
+            name="sessions.users",
+            description=f"{len(fixture.session_users)} portal users, session loops",
+            load=load,
+            targets=NO_TARGET,
+            throughput_per_s=load.requests_per_s,
+            throughput_unit="requests/s",
+            extra={"users": len(fixture.session_users), "loops_per_user": options["session_loops"]},
+        )
+
+    def _mixed(self, fixture: BenchFixture, options: dict[str, Any]) -> ScenarioResult:
+        mixed = run_mixed_reads(
+            options["url"],
+            mixed_reads(fixture),
+            levels=options["mixed_concurrency"],
+            seconds=options["mixed_seconds"],
+            warmup=options["warmup"],
+        )
+        result = measured_result(
+            name="reads.mixed",
+            description=f"portal reads, mixed, at concurrency {mixed.concurrency} (the best tried)",
+            load=mixed.best,
+            targets=NO_TARGET,
+            throughput_per_s=mixed.best.requests_per_s,
+            throughput_unit="requests/s",
+            throughput_target=MIXED_READ_TARGET_PER_S,
+            extra={"concurrency": mixed.concurrency, "requests_per_s_by_concurrency": mixed.requests_per_s},
+        )
+        if mixed.failed != result.failed:
+            # Failures at a concurrency that was not the best still fail the scenario (0 errors).
+            return ScenarioResult(**{**result.as_dict(), "failed": mixed.failed, "meets_throughput": False})
+        return result
+
+    def _transitions(
+        self, rows: list[TransitionRow], fixture: BenchFixture, options: dict[str, Any]
+    ) -> ScenarioResult:
+        run = run_transitions(
+            options["url"],
+            rows,
+            fixture.staff_token,
+            total=options["requests"],
+            concurrency=options["concurrency"],
+            max_seconds=options["max_seconds"],
+        )
+        return measured_result(
+            name="ops.transition",
+            description="staff transition of whale lead_offers there and back",
+            load=run.load,
+            targets=WRITE_TARGETS,
+            extra={"lead_offers": len(rows), "moved_back_after_the_run": run.restored},
+        )
+
+    def _ack(self, ingestion: Callable[[], IngestionRig], options: dict[str, Any]) -> ScenarioResult:
+        rig = ingestion()
+        load = webhook_ack(
+            rig,
+            options["url"],
+            posts=options["requests"],
+            warmup=options["warmup"],
+            concurrency=options["concurrency"],
+        )
+        return measured_result(
+            name="webhook.ack",
+            description="signed Meta POST, 1 change",
+            load=load,
+            targets=ACK_TARGETS,
+            extra={"worker": rig.worker_description},
+        )
+
+    def _end_to_end(self, ingestion: Callable[[], IngestionRig], options: dict[str, Any]) -> ScenarioResult:
+        run = webhook_end_to_end(
+            ingestion(),
+            options["url"],
+            events=options["e2e_events"],
+            changes_per_event=options["e2e_changes_per_event"],
+            concurrency=options["e2e_concurrency"],
+            warmup=E2E_WARMUP_EVENTS,
+        )
+        return measured_result(
+            name="webhook.end_to_end",
+            description="ack + worker + Graph stub; latency columns: per change, stored → processed",
+            load=run.load,
+            targets=NO_TARGET,
+            throughput_per_s=run.leads_per_s,
+            throughput_unit="leads/s",
+            throughput_target=LEADS_PER_S_TARGET,
+            extra=run.extra,
+        )
+
+    def _selected(
+        self, items: list[Named], patterns: list[str], *, also: Sequence[Scenario | Flow]
+    ) -> list[Named]:
+        """The items matching any glob; a glob that matches nothing among `items` or `also` is an error."""
         if not patterns:
-            return scenarios
-        chosen = [s for s in scenarios if any(fnmatch.fnmatchcase(s.name, pattern) for pattern in patterns)]
-        if not chosen:
-            names = ", ".join(s.name for s in scenarios)
+            return items
+        chosen = [
+            item for item in items if any(fnmatch.fnmatchcase(item.name, pattern) for pattern in patterns)
+        ]
+        everything = [*items, *also]
+        if not any(fnmatch.fnmatchcase(item.name, pattern) for item in everything for pattern in patterns):
+            names = ", ".join(item.name for item in everything)
             raise CommandError(f"No scenario matches {patterns}; the scenarios are: {names}.")
         return chosen
 
@@ -139,6 +478,7 @@ class Command(ConverziaCommand):
     def _run(self, scenario: Scenario, options: dict[str, Any]) -> ScenarioResult:
         self.stderr.write(f"  {scenario.name} …", ending="")
         self.stderr.flush()
+        started = time.monotonic()
         load = run_closed_loop(
             options["url"],
             scenario.requests,
@@ -163,5 +503,5 @@ class Command(ConverziaCommand):
                 raw_p50 = median_ms(durations)
                 statements = len(captured.reads)
         result = scenario_result(scenario, load, raw_sql_p50_ms=raw_p50, raw_sql_statements=statements)
-        self.stderr.write(f" p50 {result.p50_ms:.1f} ms")
+        self.stderr.write(f" p50 {result.p50_ms:.1f} ms ({time.monotonic() - started:.1f} s)")
         return result
