@@ -36,6 +36,13 @@ T = TypeVar("T")
 TTL_STATS = 60
 TTL_FUNNEL = 120
 TTL_REVENUE = 300
+# A cached principal (converzia.principal) is trusted this long at most, even if an invalidation was
+# missed (a raw SQL write, Redis unreachable during a bump): the bound on staleness of last resort.
+TTL_PRINCIPAL = 60
+# The token entry itself outlives TTL_PRINCIPAL: it also remembers which user the token belongs to, so
+# the user's version can be read before the database is (see `principal_version`).
+TTL_PRINCIPAL_ENTRY = 24 * 3600
+TTL_PRINCIPAL_VERSION = 7 * 24 * 3600
 # After a cache error, go straight to the database for this long (per process).
 CACHE_RETRY_AFTER_S = 5.0
 # One request recomputes a missing key; others wait up to this long for its value.
@@ -115,6 +122,18 @@ def revenue_key(start: object, end: object, tenant_id: uuid.UUID | str) -> str:
     return f"revenue:{start}:{end}:{tenant_id}"
 
 
+def principal_token_key(token_digest: str) -> str:
+    """A bearer token's cached principal, keyed by the token's SHA-256 digest (as `api_tokens` stores
+    it): the raw token is never a key or a value."""
+    return f"principal:token:{token_digest}"
+
+
+def principal_version_key(user_id: uuid.UUID | str) -> str:
+    """A random string replaced on every change to the user, their tokens, memberships or tenants.
+    Random rather than a counter: if the key is evicted, a new value can never match an old entry."""
+    return f"principal:user:{user_id}:v"
+
+
 # --- reads --------------------------------------------------------------------------------------
 
 
@@ -183,3 +202,70 @@ def _bump_tenant_version(tenant_id: uuid.UUID | str) -> None:
 def invalidate_tenant(tenant_id: uuid.UUID | str) -> None:
     """Invalidate a tenant's cached reads once the current transaction commits."""
     transaction.on_commit(lambda: _bump_tenant_version(tenant_id))
+
+
+# --- cached principals (converzia.principal) ------------------------------------------------------
+
+
+def principal_entry_get(token_digest: str) -> dict[str, Any] | None:
+    """The stored entry of a token (whatever its version), or None when absent or Redis is away."""
+    entry = _cache_call("principal", "get", principal_token_key(token_digest))
+    return entry if isinstance(entry, dict) else None
+
+
+def principal_cache_available() -> bool:
+    """False while the breaker is open (after an error, for CACHE_RETRY_AFTER_S)."""
+    return not _breaker.is_open()
+
+
+def principal_version(user_id: uuid.UUID | str, *, mint: bool) -> str | None:
+    """The user's current principal version; with `mint`, one is created when there is none.
+
+    None when Redis is unavailable, or (without `mint`) when the user has no version: nothing cached
+    for them can then be trusted, and nothing should be stored.
+    """
+    key = principal_version_key(user_id)
+    version = _cache_call("principal", "get", key)
+    if version is _MISSING:
+        return None
+    if version is None and mint:
+        _cache_call("principal", "add", key, uuid.uuid4().hex, timeout=TTL_PRINCIPAL_VERSION)
+        version = _cache_call("principal", "get", key)
+    return version if isinstance(version, str) else None
+
+
+def principal_entry_set(token_digest: str, entry: dict[str, Any]) -> None:
+    _cache_call("principal", "set", principal_token_key(token_digest), entry, timeout=TTL_PRINCIPAL_ENTRY)
+
+
+def principal_counted(outcome: str) -> None:
+    CACHE_REQUESTS.labels("principal", outcome).inc()
+
+
+def _bump_principal_versions(user_ids: frozenset[str]) -> None:
+    # Always tried, even while the breaker is open: a skipped bump would leave a stale principal
+    # trusted for up to TTL_PRINCIPAL once Redis answers again.
+    try:
+        _client().set_many(
+            {principal_version_key(user_id): uuid.uuid4().hex for user_id in user_ids},
+            timeout=TTL_PRINCIPAL_VERSION,
+        )
+    except Exception:  # noqa: BLE001 — a cache outage must never fail a write
+        CACHE_REQUESTS.labels("principal", "error").inc()
+        _breaker.trip()
+        logger.warning("principal invalidation failed for %d user(s)", len(user_ids), exc_info=True)
+
+
+def invalidate_principals(user_ids: Any) -> None:
+    """Invalidate the cached principals of `user_ids` (every token of theirs) now and after commit.
+
+    Now, so the writer's own next request (and a test inside one transaction) sees the change; after
+    commit as well, because a concurrent request may have read the old rows and the new version in
+    between (it stores under a version that this second bump makes stale).
+    """
+    ids = frozenset(str(user_id) for user_id in user_ids if user_id is not None)
+    if not ids:
+        return
+    _bump_principal_versions(ids)
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(lambda: _bump_principal_versions(ids))

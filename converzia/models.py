@@ -14,6 +14,7 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from converzia.cache import invalidate_principals
 from converzia.tenancy import TenantScopedQuerySet
 
 # Bound once: several models have a field called `settings`.
@@ -42,7 +43,46 @@ class TimestampedModel(models.Model):
         abstract = True
 
 
-class UserManager(BaseUserManager["User"]):
+class PrincipalWritesMixin:
+    """For querysets of rows a cached principal holds (converzia.principal): bulk `update()` and
+    `bulk_create()` send no save signals, so they invalidate the affected users' principals here.
+    (`delete()` needs nothing: with receivers connected, Django deletes row by row with signals.)"""
+
+    # Columns whose bulk update changes nothing a principal holds.
+    principal_neutral_fields: frozenset[str] = frozenset()
+
+    def principal_user_ids(self) -> list[uuid.UUID]:
+        raise NotImplementedError
+
+    def principal_user_ids_of(self, objs: list[models.Model]) -> list[uuid.UUID]:
+        raise NotImplementedError
+
+    def update(self, **kwargs: object) -> int:
+        if set(kwargs) <= self.principal_neutral_fields:
+            return super().update(**kwargs)  # type: ignore[misc]
+        # Read before writing: the update may change the very columns this filters on.
+        user_ids = self.principal_user_ids()
+        updated = super().update(**kwargs)  # type: ignore[misc]
+        invalidate_principals(user_ids)
+        return updated
+
+    def bulk_create(self, objs: object, *args: object, **kwargs: object) -> list[models.Model]:
+        created = super().bulk_create(objs, *args, **kwargs)  # type: ignore[misc]
+        invalidate_principals(self.principal_user_ids_of(created))
+        return created
+
+
+class UserQuerySet(PrincipalWritesMixin, models.QuerySet["User"]):
+    principal_neutral_fields = frozenset({"last_login"})
+
+    def principal_user_ids(self) -> list[uuid.UUID]:
+        return list(self.values_list("pk", flat=True))
+
+    def principal_user_ids_of(self, objs: list[models.Model]) -> list[uuid.UUID]:
+        return [obj.pk for obj in objs]
+
+
+class UserManager(BaseUserManager.from_queryset(UserQuerySet)):  # type: ignore[misc]
     use_in_migrations = True
 
     def _create_user(self, email: str, password: str | None, **extra: object) -> User:
@@ -99,6 +139,17 @@ class User(AbstractBaseUser, PermissionsMixin):
         super().save(*args, **kwargs)
 
 
+class ApiTokenQuerySet(PrincipalWritesMixin, models.QuerySet["ApiToken"]):
+    # The use stamp is written by authentication itself, at most once a minute.
+    principal_neutral_fields = frozenset({"last_used_at"})
+
+    def principal_user_ids(self) -> list[uuid.UUID]:
+        return list(self.values_list("user_id", flat=True).distinct())
+
+    def principal_user_ids_of(self, objs: list[models.Model]) -> list[uuid.UUID]:
+        return [obj.user_id for obj in objs]  # type: ignore[attr-defined]
+
+
 class ApiToken(models.Model):
     """A personal bearer token. Only its SHA-256 digest is stored; the token is shown once."""
 
@@ -113,6 +164,8 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
 
     class Meta:
         db_table = "api_tokens"
@@ -146,6 +199,19 @@ class TenantStatus(models.TextChoices):
     ACTIVE = "ACTIVE"
     SUSPENDED = "SUSPENDED"
     ARCHIVED = "ARCHIVED"
+
+
+class TenantQuerySet(PrincipalWritesMixin, models.QuerySet["Tenant"]):
+    def principal_user_ids(self) -> list[uuid.UUID]:
+        # Cached memberships carry their tenant's row: every member of these tenants.
+        return list(
+            TenantMember.objects.filter(tenant_id__in=self.values("pk"))
+            .values_list("user_id", flat=True)
+            .distinct()
+        )
+
+    def principal_user_ids_of(self, objs: list[models.Model]) -> list[uuid.UUID]:
+        return []  # a new tenant has no members yet
 
 
 class Tenant(TimestampedModel):
@@ -182,6 +248,8 @@ class Tenant(TimestampedModel):
         db_index=False,
     )
 
+    objects = TenantQuerySet.as_manager()
+
     class Meta:
         db_table = "tenants"
         ordering = ["name"]
@@ -213,8 +281,14 @@ class MembershipStatus(models.TextChoices):
     REVOKED = "REVOKED"
 
 
-class TenantMemberQuerySet(TenantScopedQuerySet):
+class TenantMemberQuerySet(PrincipalWritesMixin, TenantScopedQuerySet):
     """Members are tenant data like any other: team reads start from `scoped(TenantMember, tenant)`."""
+
+    def principal_user_ids(self) -> list[uuid.UUID]:
+        return list(self.values_list("user_id", flat=True).distinct())
+
+    def principal_user_ids_of(self, objs: list[models.Model]) -> list[uuid.UUID]:
+        return [obj.user_id for obj in objs]  # type: ignore[attr-defined]
 
     def active(self) -> TenantMemberQuerySet:
         return self.filter(status=MembershipStatus.ACTIVE)

@@ -87,8 +87,8 @@ def resolve_tenant(user: User, tenant_header: str | None) -> TenantContext:
     The caller's only ACTIVE membership, or the one named by `X-Tenant-ID` when the caller has several.
     Staff may name any tenant. Raises `TenantRequired` or `NotAMember`.
     """
-    from converzia.errors import InvalidInput, NotAMember, TenantRequired
-    from converzia.models import Tenant, TenantMember
+    from converzia.errors import InvalidInput, TenantRequired
+    from converzia.models import TenantMember
 
     requested_id: uuid.UUID | None = None
     if tenant_header:
@@ -99,19 +99,42 @@ def resolve_tenant(user: User, tenant_header: str | None) -> TenantContext:
                 "X-Tenant-ID must be a tenant UUID.", details={"X-Tenant-ID": ["Not a UUID."]}
             ) from None
 
+    # A bearer request carries its principal (converzia.principal): its ACTIVE memberships come from
+    # the cache, invalidated by any membership, tenant or user change. Otherwise, and for a user with
+    # too many memberships to cache, the database answers.
+    principal = getattr(user, "_principal", None)
+    cached = principal.active_memberships() if principal is not None else None
+    if cached is not None:
+        if requested_id is not None:
+            for member in cached:
+                if member.tenant.pk == requested_id:
+                    return TenantContext(tenant=member.tenant, role=member.role, is_staff=user.is_staff)
+            return _staff_context(user, requested_id)
+        if len(cached) == 1:
+            return TenantContext(tenant=cached[0].tenant, role=cached[0].role, is_staff=user.is_staff)
+        raise TenantRequired()
+
     memberships = TenantMember.objects.active().filter(user=user).select_related("tenant")
     if requested_id is not None:
         membership = memberships.filter(tenant_id=requested_id).first()
         if membership is not None:
             return TenantContext(tenant=membership.tenant, role=membership.role, is_staff=user.is_staff)
-        if user.is_staff:
-            tenant = Tenant.objects.filter(pk=requested_id).first()
-            if tenant is None:
-                raise NotAMember("No such tenant.")
-            return TenantContext(tenant=tenant, role=None, is_staff=True)
-        raise NotAMember()
+        return _staff_context(user, requested_id)
 
     found = list(memberships[:2])
     if len(found) == 1:
         return TenantContext(tenant=found[0].tenant, role=found[0].role, is_staff=user.is_staff)
     raise TenantRequired()
+
+
+def _staff_context(user: User, tenant_id: uuid.UUID) -> TenantContext:
+    """Staff acting for a tenant they are not a member of; anyone else is not a member."""
+    from converzia.errors import NotAMember
+    from converzia.models import Tenant
+
+    if not user.is_staff:
+        raise NotAMember()
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    if tenant is None:
+        raise NotAMember("No such tenant.")
+    return TenantContext(tenant=tenant, role=None, is_staff=True)

@@ -11,14 +11,19 @@ from rest_framework.request import Request
 
 from converzia.errors import Unauthenticated
 from converzia.models import ApiToken, User
+from converzia.principal import principal_authenticate
 from converzia.request_context import user_id_var
-from converzia.services import api_token_authenticate
 
 BEARER_REALM = 'Bearer realm="api"'
 
 
 class BearerTokenAuthentication(BaseAuthentication):
-    """Per-user API tokens. Requests without a Bearer header fall through to the next class (session)."""
+    """Per-user API tokens. Requests without a Bearer header fall through to the next class (session).
+
+    The principal comes from Redis when cached (converzia.principal); `request.user` is then a `User`
+    with its id and flags loaded and other fields deferred. The principal rides on the user as
+    `_principal`, so tenant resolution can use its cached memberships.
+    """
 
     keyword = b"bearer"
 
@@ -33,13 +38,15 @@ class BearerTokenAuthentication(BaseAuthentication):
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid token.") from None
         try:
-            token = api_token_authenticate(raw_token=raw_token)
+            principal = principal_authenticate(raw_token=raw_token)
         except Unauthenticated as exc:
             # DRF only resets `request.user` on its own exception type; a foreign one would leave the
             # request half-authenticated for the renderer.
             raise exceptions.AuthenticationFailed(exc.message) from None
-        user_id_var.set(str(token.user.pk))
-        return token.user, token
+        user = principal.user
+        user._principal = principal  # type: ignore[attr-defined]
+        user_id_var.set(str(user.pk))
+        return user, principal.token
 
     def authenticate_header(self, request: Request) -> str:
         return BEARER_REALM

@@ -387,12 +387,14 @@ def test_list_query_count_does_not_grow_with_offers(
     for offer in OfferFactory.create_batch(offer_count, tenant=tenant):
         LeadOfferFactory(offer=offer, status=LeadOfferStatus.SENT_TO_DEVELOPER)
     client = client_for(owner)
-    # The first use of the token records last_used_at (one UPDATE, once a minute) and fills the
-    # tenant's funnel cache, which the offers' counts come from (portal.stats.offers_with_funnels).
+    # The first use of the token records last_used_at (one UPDATE, once a minute) and caches its
+    # principal, and fills the tenant's funnel cache, which the offers' counts come from
+    # (portal.stats.offers_with_funnels).
     client.get(LIST_URL)
 
-    # token+user, membership+tenant, the page of offers; the counts from the cached funnel.
-    with django_assert_num_queries(3):
+    # The page of offers; the counts from the cached funnel, token and membership from the cached
+    # principal.
+    with django_assert_num_queries(1):
         response = client.get(LIST_URL, {"page_size": 25})
 
     assert response.status_code == 200
@@ -404,7 +406,7 @@ def test_deep_page_costs_the_same_queries(tenant, owner, client_for, django_asse
     client = client_for(owner)
     pages = walk(client, f"{LIST_URL}?page_size=3")
 
-    with django_assert_num_queries(3):  # the funnel counts are cached by the walk
+    with django_assert_num_queries(1):  # the funnel counts and the principal are cached by the walk
         response = client.get(pages[-1]["previous"])
 
     assert response.status_code == 200
@@ -416,7 +418,7 @@ def test_detail_query_count(tenant, owner, client_for, django_assert_num_queries
     client = client_for(owner)
     client.get(detail_url(offer.pk))
 
-    with django_assert_num_queries(3):  # token+user, membership+tenant, the offer; counts cached
+    with django_assert_num_queries(1):  # the offer; counts and principal cached
         response = client.get(detail_url(offer.pk))
 
     assert response.status_code == 200
