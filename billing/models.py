@@ -382,8 +382,16 @@ class PlatformCost(models.Model):
             ),
         ]
         indexes = [
-            # Revenue over a date range for all tenants.
+            # The admin list, newest periods first.
             models.Index(fields=["date_start", "date_end"], name="idx_platform_costs_date"),
+            # Admin revenue: the periods overlapping a range (date_end >= its start), index-only. Ranges
+            # are recent, so the periods that end after the start are few; `date_start <= end` filters
+            # inside the index.
+            models.Index(
+                fields=["date_end"],
+                include=["date_start", "tenant", "offer", "spend"],
+                name="idx_platform_costs_date_end",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,8 +1,11 @@
 """Meta lead ingestion (decision D4): the webhook's durable write, and the job that turns each stored
 leadgen change into exactly one lead_source and one lead_offer.
 
-The inbox is the record. The webhook stores the event and its changes and defers the job in one
-transaction. The job handles each change in its own transaction, which also marks the change done,
+The inbox is the record. The webhook stores the event and its changes and wakes a drain in one
+transaction. A drain (`leads.drain_inbox`) claims pending events in batches, whoever sent them, so
+under load one job carries hundreds of changes even when Meta posts them one by one; an event whose
+changes hit a transient error is handed to its own job (`leads.process_inbox_event`), which retries
+it with backoff. Each change is handled in its own transaction, which also marks the change done,
 so a crash can never mark a lead as seen without creating it, and a rerun skips what was done.
 Slow calls (the Graph API) happen outside any transaction.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +69,7 @@ class InboxRetryLater(Exception):
 
 
 def inbox_event_store(*, payload: dict[str, Any], changes: list[meta.LeadgenChange]) -> InboxEvent:
-    """Store one Meta POST and defer its processing, in one transaction under the webhook's budget."""
+    """Store one Meta POST and wake a drain for it, in one transaction under the webhook's budget."""
 
     def store() -> InboxEvent:
         event = InboxEvent.objects.create(
@@ -92,37 +96,219 @@ def inbox_event_store(*, payload: dict[str, Any], changes: list[meta.LeadgenChan
                 for position, change in enumerate(changes)
             ]
         )
-        inbox_event_defer(event.pk, new_event=True)
+        inbox_drain_wake(drain_shard(event.pk))
         return event
 
     return guarded("webhook.inbox.store", timeout_ms=settings.WEBHOOK_STATEMENT_TIMEOUT_MS).run(store)
 
 
-def inbox_event_defer(event_id: int, *, new_event: bool = False) -> bool:
-    """Defer the event's job in the caller's transaction. False when one is already queued for it.
+# --- Drains: one job for many events -------------------------------------------------------------------
+#
+# The webhook defers a drain under a queueing lock, one of `drain_shards()` by event id, so at most that
+# many drains wait in the queue (and as many run at once) whatever the rate of POSTs. A running drain
+# claims pending events in batches (`FOR UPDATE SKIP LOCKED`, then `claimed_by_job` = its job id, in
+# one short statement) until none is left. A claimed event is skipped by other drains while its
+# claimer is queued or running; a claimer that failed, ended or vanished leaves the event claimable
+# again. A claimer killed mid-batch stops holding its events once its worker's heartbeat is older than
+# WORKER_STALLED_AFTER_S (the next drain, or the one the stale sweep queues, takes them); the
+# stalled-job recovery may also rerun it, with its own id, so it finds its claims again.
+#
+# No event is stranded by a drain finishing its last scan as a new event commits: the webhook either
+# inserts a new drain job in the event's own transaction (it starts after the event is visible), or
+# joins the shard's queued drain by taking a share lock on that job's row until its commit. The worker
+# fetches jobs with `FOR UPDATE SKIP LOCKED`, so the joined drain cannot start (cannot begin its scan)
+# before the event is visible either; a drain already running is never relied upon. Joining also
+# sends the NOTIFY a job insert would, so an idle worker that skipped the locked job wakes at commit.
 
-    The queueing lock: never two queued jobs for one event. Two running at once (a sweep racing a slow
-    job) is harmless: each change is row-locked and settled once. A procrastinate `lock` would also
-    prevent that, at the price of a lock check for every job fetched. A brand-new event cannot have a
-    queued job yet, so the webhook skips the savepoint that guards the conflict (two round trips).
+# At least the worker's concurrency, so that many drains can run at once.
+DRAIN_SHARDS_MIN = 16
+# A claim takes up to this many events, stopping once it holds this many changes (at least one event).
+DRAIN_BATCH_EVENTS = 50
+DRAIN_BATCH_CHANGES = 200
+# A drain hands over to a successor after this long, so a worker's SIGTERM grace is never spent
+# waiting for a drain that would run as long as the load lasts.
+DRAIN_BUDGET_S = 5.0
+
+
+def drain_shards() -> int:
+    return max(DRAIN_SHARDS_MIN, settings.WORKER_CONCURRENCY)
+
+
+def drain_shard(event_id: int) -> int:
+    return event_id % drain_shards()
+
+
+def drain_queueing_lock(shard: int) -> str:
+    return f"inbox-drain:{shard}"
+
+
+# The shard's queued drain, share-locked until the caller commits (it cannot be fetched meanwhile),
+# with the notification procrastinate's insert trigger sends for a new job.
+_DRAIN_JOIN_SQL = """
+WITH queued AS (
+    SELECT id, queue_name FROM procrastinate_jobs WHERE queueing_lock = %s AND status = 'todo' FOR SHARE
+), payload AS (
+    SELECT id, queue_name, json_build_object('type', 'job_inserted', 'job_id', id)::text AS body FROM queued
+)
+SELECT id, pg_notify('procrastinate_queue_v1#' || queue_name, body),
+       pg_notify('procrastinate_any_queue_v1', body)
+FROM payload
+"""
+
+
+def inbox_drain_wake(shard: int) -> bool:
+    """Make sure a drain that has not started yet is queued for `shard`, in the caller's transaction
+    (which must be open: the share lock on a joined drain lasts until it commits). True when a new
+    job was deferred, False when the queued one was joined."""
+    from procrastinate import exceptions as procrastinate_exceptions
+
+    from leads.tasks import drain_inbox
+
+    lock = drain_queueing_lock(shard)
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(_DRAIN_JOIN_SQL, [lock])
+            if cursor.fetchone() is not None:
+                return False
+        try:
+            # A savepoint: a concurrent caller may queue the shard's drain first.
+            with transaction.atomic():
+                drain_inbox.configure(queueing_lock=lock).defer(shard=shard)
+        except procrastinate_exceptions.AlreadyEnqueued:
+            continue  # join that one (or, if it started meanwhile, queue the next)
+        return True
+
+
+# Claimable: pending, and not held by a live job: one queued, or running on a worker whose heartbeat
+# is recent (a worker killed mid-drain stops beating; its drain's claims are then free, before the
+# stalled-job recovery even looks). A drain's own claims are its to take again when the recovery
+# reruns it.
+_CLAIMABLE_SQL = """
+    e.status = 'PENDING' AND (
+        e.claimed_by_job IS NULL OR e.claimed_by_job = %(job_id)s OR NOT EXISTS (
+            SELECT 1 FROM procrastinate_jobs j LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
+            WHERE j.id = e.claimed_by_job AND (
+                j.status = 'todo'
+                OR (j.status = 'doing' AND w.last_heartbeat >= now() - make_interval(secs => %(stalled_s)s))
+            )
+        )
+    )
+"""
+
+_DRAIN_CLAIM_SQL = f"""
+WITH candidates AS (
+    SELECT e.id, e.received_at, e.change_count FROM webhook_inbox_events e
+    WHERE {_CLAIMABLE_SQL}
+    ORDER BY e.received_at, e.id
+    LIMIT %(events)s
+    FOR UPDATE OF e SKIP LOCKED
+), chosen AS (
+    SELECT id FROM (
+        SELECT id, sum(change_count) OVER (ORDER BY received_at, id) - change_count AS before FROM candidates
+    ) running
+    WHERE before < %(changes)s
+)
+UPDATE webhook_inbox_events e SET claimed_by_job = %(job_id)s, attempts = e.attempts + 1
+FROM chosen WHERE e.id = chosen.id
+RETURNING e.id, e.request_id, e.change_count
+"""
+
+_EVENT_CLAIM_SQL = "UPDATE webhook_inbox_events SET claimed_by_job = %s WHERE id = %s"
+
+
+@dataclass
+class DrainReport:
+    claims: int = 0
+    events: int = 0
+    changes: int = 0
+    retries: int = 0
+    handed_over: bool = False
+
+
+def inbox_drain(*, job_id: int, shard: int, budget_s: float | None = None) -> DrainReport:
+    """The drain job's work: claim and process batches of pending events until none is claimable
+    (or the budget is spent: then a successor is woken for the rest).
+
+    An event with a change left pending by a transient error goes to its own retry job (first retry
+    after the same backoff its job would have used), which claims it; drains leave it alone from then.
+    """
+    from leads.tasks import INGESTION_RETRY
+
+    report = DrainReport()
+    deadline = time.monotonic() + (DRAIN_BUDGET_S if budget_s is None else budget_s)
+    while True:
+        with guarded("ingest.drain.claim"), connection.cursor() as cursor:
+            cursor.execute(
+                _DRAIN_CLAIM_SQL,
+                {
+                    "job_id": job_id,
+                    "stalled_s": settings.WORKER_STALLED_AFTER_S,
+                    "events": DRAIN_BATCH_EVENTS,
+                    "changes": DRAIN_BATCH_CHANGES,
+                },
+            )
+            claimed = {
+                event_id: _EventRow(request_id, change_count)
+                for event_id, request_id, change_count in cursor.fetchall()
+            }
+        if not claimed:
+            return report
+        report.claims += 1
+        report.events += len(claimed)
+        outcomes = _events_process(claimed, final_attempt=False)
+        for event_id, outcome in outcomes.items():
+            report.changes += sum(outcome.counts.values())
+            if outcome.retry_later:
+                report.retries += 1
+                # The wait procrastinate schedules after a job's first failed run (2 s).
+                first_wait_s = INGESTION_RETRY.exponential_wait**1
+                inbox_event_defer(event_id, prior_attempts=1, retry_in_s=first_wait_s)
+        if time.monotonic() >= deadline:
+            with transaction.atomic():
+                inbox_drain_wake(shard)
+            report.handed_over = True
+            return report
+
+
+def inbox_event_defer(event_id: int, *, prior_attempts: int = 0, retry_in_s: int | None = None) -> bool:
+    """Defer the event's own job and make it the event's claimer, so drains leave the event to it.
+    False when one is already queued for it (that one becomes the claimer).
+
+    Used for retries (`prior_attempts`: runs the event already had, so the backoff and the final
+    attempt come exactly as if the job had run them) and by staff requeues. The queueing lock: never
+    two queued jobs for one event. Runs in the caller's transaction, or its own.
     """
     from procrastinate import exceptions as procrastinate_exceptions
 
     from leads.tasks import process_inbox_event
 
-    job = process_inbox_event.configure(queueing_lock=f"inbox-event:{event_id}")
-    if new_event:
-        job.defer(event_id=event_id)
-        return True
-    try:
-        with transaction.atomic():
-            job.defer(event_id=event_id)
-    except procrastinate_exceptions.AlreadyEnqueued:
-        return False
-    return True
+    lock = f"inbox-event:{event_id}"
+    job = process_inbox_event.configure(
+        queueing_lock=lock, schedule_in={"seconds": retry_in_s} if retry_in_s else None
+    )
+    kwargs: dict[str, int] = {"event_id": event_id}
+    if prior_attempts:
+        kwargs["prior_attempts"] = prior_attempts
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                job_id = job.defer(**kwargs)
+            deferred = True
+        except procrastinate_exceptions.AlreadyEnqueued:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT id FROM procrastinate_jobs"
+                    " WHERE queueing_lock = %s AND status IN ('todo', 'doing') ORDER BY id DESC LIMIT 1",
+                    [lock],
+                )
+                row = cursor.fetchone()
+            job_id, deferred = (row[0] if row else None), False
+        with connection.cursor() as cursor:
+            cursor.execute(_EVENT_CLAIM_SQL, [job_id, event_id])
+    return deferred
 
 
-# --- The processing job --------------------------------------------------------------------------------
+# --- The processing ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -136,65 +322,86 @@ class InboxEventOutcome:
 
 
 @dataclass(frozen=True)
+class _EventRow:
+    request_id: str
+    change_count: int
+
+
+@dataclass(frozen=True)
 class _Fetched:
     lead: dict[str, Any] | None = None
     error: meta.GraphError | None = None
 
 
 def inbox_event_process(event_id: int, *, final_attempt: bool = False) -> InboxEventOutcome:
-    """Process the event's pending changes, each in its own transaction.
+    """The event's own job: process its pending changes, each in its own transaction.
 
     Transient Graph errors leave a change pending with its error; unless this is the job's final
     attempt (then the change is parked as FAILED), `InboxRetryLater` is raised at the end so the
     queue retries the job with backoff. Done changes are never touched again.
     """
-    outcome = InboxEventOutcome(event_id=event_id)
     with guarded("ingest.event.start"), connection.cursor() as cursor:
         cursor.execute(_EVENT_START_SQL, [event_id])
         row = cursor.fetchone()
     if row is None:
-        return outcome
-    event = {"request_id": row[0], "change_count": row[1]}
-    token = request_id_var.set(event["request_id"] or f"inbox-{event_id}")
-    try:
-        changes = list(
-            InboxChange.objects.filter(event_id=event_id, status=InboxChangeStatus.PENDING).order_by(
-                "position"
-            )
-        )
-        routes = _active_routes({change.ad_id for change in changes if change.ad_id})
-        seen = _already_ingested(changes, routes)
-        to_fetch = [
-            change
-            for change in changes
-            if change.ad_id in routes and (routes[change.ad_id].tenant_id, change.leadgen_id) not in seen
-        ]
-        fetched = _graph_fetch_all(to_fetch)
-        for change in changes:
-            route = routes.get(change.ad_id)
-            try:
-                status = _change_ingest(
-                    change,
-                    route=route,
-                    fetched=fetched.get(change.pk),
-                    replay=route is not None and (route.tenant_id, change.leadgen_id) in seen,
-                    final_attempt=final_attempt,
-                )
-            except DATABASE_TRANSIENT_ERRORS:
-                # The connection itself is gone: nothing more can be recorded; the queue retries the job.
-                raise
-            except Exception as exc:  # noqa: BLE001 — one broken change must not block the ones after it
-                status = _change_settle_unexpected(change, exc, final_attempt=final_attempt)
-            outcome.count(status)
-            if status == InboxChangeStatus.PENDING:
-                outcome.retry_later = True
-    finally:
-        request_id_var.reset(token)
-    # On a first pass every change was pending, so this run's outcome is the whole event's.
-    _inbox_event_settle(event_id, outcome if len(changes) == event["change_count"] else None)
+        return InboxEventOutcome(event_id=event_id)
+    outcome = _events_process({event_id: _EventRow(row[0], row[1])}, final_attempt=final_attempt)[event_id]
     if outcome.retry_later:
         raise InboxRetryLater(f"inbox event {event_id}: {outcome.counts}")
     return outcome
+
+
+def _events_process(events: dict[int, _EventRow], *, final_attempt: bool) -> dict[int, InboxEventOutcome]:
+    """Process the pending changes of `events` as one batch: one routing query, one replay check and
+    one round of Graph fetches for all of them, then each change in its own transaction, then one
+    statement that settles every event."""
+    outcomes = {event_id: InboxEventOutcome(event_id=event_id) for event_id in events}
+    changes = list(
+        InboxChange.objects.filter(event_id__in=list(events), status=InboxChangeStatus.PENDING).order_by(
+            "event_id", "position"
+        )
+    )
+    routes = _active_routes({change.ad_id for change in changes if change.ad_id})
+    seen = _already_ingested(changes, routes)
+    to_fetch = [
+        change
+        for change in changes
+        if change.ad_id in routes and (routes[change.ad_id].tenant_id, change.leadgen_id) not in seen
+    ]
+    fetched = _graph_fetch_all(to_fetch)
+    loaded: dict[int, int] = dict.fromkeys(events, 0)
+    for change in changes:
+        loaded[change.event_id] += 1
+        event = events[change.event_id]
+        token = request_id_var.set(event.request_id or f"inbox-{change.event_id}")
+        route = routes.get(change.ad_id)
+        try:
+            status = _change_ingest(
+                change,
+                route=route,
+                fetched=fetched.get(change.pk),
+                replay=route is not None and (route.tenant_id, change.leadgen_id) in seen,
+                final_attempt=final_attempt,
+            )
+        except DATABASE_TRANSIENT_ERRORS:
+            # The connection itself is gone: nothing more can be recorded; the job ends here.
+            raise
+        except Exception as exc:  # noqa: BLE001 — one broken change must not block the ones after it
+            status = _change_settle_unexpected(change, exc, final_attempt=final_attempt)
+        finally:
+            request_id_var.reset(token)
+        outcome = outcomes[change.event_id]
+        outcome.count(status)
+        if status == InboxChangeStatus.PENDING:
+            outcome.retry_later = True
+    # On an event's first pass every change was pending, so this run's outcome is the whole event's.
+    _inbox_events_settle(
+        [
+            (event_id, outcomes[event_id] if loaded[event_id] == event.change_count else None)
+            for event_id, event in events.items()
+        ]
+    )
+    return outcomes
 
 
 def _active_routes(ad_ids: Iterable[str]) -> dict[str, AdOfferMap]:
@@ -419,9 +626,13 @@ def _change_settle(
 _EVENT_START_SQL = (
     "UPDATE webhook_inbox_events SET attempts = attempts + 1 WHERE id = %s RETURNING request_id, change_count"
 )
-_EVENT_SETTLE_SQL = (
-    "UPDATE webhook_inbox_events SET status = %s, processed_at = %s, last_error = %s WHERE id = %s"
-)
+_EVENTS_SETTLE_SQL = """
+UPDATE webhook_inbox_events e
+SET status = s.status, last_error = s.last_error,
+    processed_at = CASE WHEN s.status = 'PENDING' THEN NULL ELSE statement_timestamp() END
+FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS s(id, status, last_error)
+WHERE e.id = s.id
+"""
 _CHANGE_LOCK_SQL = "SELECT status FROM webhook_inbox_changes WHERE id = %s FOR UPDATE"
 
 _CHANGE_SETTLE_SQL = """
@@ -648,36 +859,45 @@ def _duplicate_within_window(rows: list[dict[str, Any]], window_days: int) -> uu
     return None
 
 
-def _inbox_event_settle(event_id: int, outcome: InboxEventOutcome | None = None) -> None:
-    """The event's status from its changes: from this run's outcome when it covered every change (the
-    first pass), else from the table."""
-    if outcome is not None:
-        pending = outcome.counts.get(InboxChangeStatus.PENDING, 0)
-        parked = sum(outcome.counts.get(status, 0) for status in InboxChangeStatus.parked())
-    else:
-        counts = InboxChange.objects.filter(event_id=event_id).aggregate(
-            pending=Count("pk", filter=Q(status=InboxChangeStatus.PENDING)),
-            parked=Count("pk", filter=Q(status__in=InboxChangeStatus.parked())),
-        )
-        pending, parked = counts["pending"], counts["parked"]
-    if pending:
-        status, processed_at = InboxEventStatus.PENDING, None
-    elif parked:
-        status, processed_at = InboxEventStatus.PARKED, timezone.now()
-    else:
-        status, processed_at = InboxEventStatus.DONE, timezone.now()
-    last_error = ""
-    if pending or parked:
-        last_error = (
-            InboxChange.objects.filter(event_id=event_id)
-            .exclude(last_error="")
-            .order_by("-position")
-            .values_list("last_error", flat=True)
-            .first()
-            or ""
-        )
+def _inbox_events_settle(settled: list[tuple[int, InboxEventOutcome | None]]) -> None:
+    """Each event's status from its changes: from this run's outcome when it covered every change (the
+    first pass), else from the table. One statement for all of them."""
+    ids: list[int] = []
+    statuses: list[str] = []
+    errors: list[str] = []
+    for event_id, outcome in settled:
+        if outcome is not None:
+            pending = outcome.counts.get(InboxChangeStatus.PENDING, 0)
+            parked = sum(outcome.counts.get(status, 0) for status in InboxChangeStatus.parked())
+        else:
+            counts = InboxChange.objects.filter(event_id=event_id).aggregate(
+                pending=Count("pk", filter=Q(status=InboxChangeStatus.PENDING)),
+                parked=Count("pk", filter=Q(status__in=InboxChangeStatus.parked())),
+            )
+            pending, parked = counts["pending"], counts["parked"]
+        if pending:
+            status = InboxEventStatus.PENDING
+        elif parked:
+            status = InboxEventStatus.PARKED
+        else:
+            status = InboxEventStatus.DONE
+        last_error = ""
+        if pending or parked:
+            last_error = (
+                InboxChange.objects.filter(event_id=event_id)
+                .exclude(last_error="")
+                .order_by("-position")
+                .values_list("last_error", flat=True)
+                .first()
+                or ""
+            )
+        ids.append(event_id)
+        statuses.append(str(status))
+        errors.append(last_error)
+    if not ids:
+        return
     with guarded("ingest.event.settle"), connection.cursor() as cursor:
-        cursor.execute(_EVENT_SETTLE_SQL, [status, processed_at, last_error, event_id])
+        cursor.execute(_EVENTS_SETTLE_SQL, [ids, statuses, errors])
 
 
 # --- Re-routing, reprocessing and the sweep ------------------------------------------------------------
@@ -731,23 +951,40 @@ def inbox_events_requeue(event_ids: Iterable[int]) -> int:
     return requeued
 
 
-def inbox_stale_sweep(*, older_than_s: int | None = None, limit: int = 1000) -> int:
-    """Re-defer events still pending after `older_than_s` (a lost job must not mean a lost lead).
+_STALE_UNCLAIMED_SQL = f"""
+SELECT e.id FROM webhook_inbox_events e
+WHERE {_CLAIMABLE_SQL} AND e.received_at < %(cutoff)s
+ORDER BY e.received_at
+LIMIT %(limit)s
+"""
 
-    An event whose job is still queued (or waiting for its retry) keeps that job: the queueing lock
-    refuses a second one. Returns how many jobs were deferred.
+
+def inbox_stale_sweep(*, older_than_s: int | None = None, limit: int = 1000) -> int:
+    """Wake drains for events still pending after `older_than_s` that no live job holds (a lost job
+    must not mean a lost lead).
+
+    An event claimed by a job still queued or running (a drain at work, the event's retry job waiting
+    for its backoff) is that job's; a drain killed with its worker holds nothing once its worker's
+    heartbeat is older than WORKER_STALLED_AFTER_S. One drain per shard of the stale events, joined
+    when one is queued. Returns how many drain jobs were deferred.
     """
     older_than_s = settings.INBOX_STALE_AFTER_S if older_than_s is None else older_than_s
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
-    stale = list(
-        InboxEvent.objects.filter(status=InboxEventStatus.PENDING, received_at__lt=cutoff)
-        .order_by("received_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _STALE_UNCLAIMED_SQL,
+            {"job_id": None, "stalled_s": settings.WORKER_STALLED_AFTER_S, "cutoff": cutoff, "limit": limit},
+        )
+        stale = [event_id for (event_id,) in cursor.fetchall()]
     deferred = 0
-    for event_id in stale:
+    for shard in sorted({drain_shard(event_id) for event_id in stale}):
         with transaction.atomic():
-            deferred += inbox_event_defer(event_id)
-    if deferred:
-        logger.warning("inbox sweep re-deferred %d stale event(s)", deferred, extra={"deferred": deferred})
+            deferred += inbox_drain_wake(shard)
+    if stale:
+        logger.warning(
+            "inbox sweep found %d stale event(s), deferred %d drain(s)",
+            len(stale),
+            deferred,
+            extra={"stale": len(stale), "deferred": deferred},
+        )
     return deferred

@@ -452,6 +452,63 @@ class LeadEvent(models.Model):
         return f"{self.event_type} {self.created_at:%Y-%m-%d %H:%M}"
 
 
+# --- lead_offer counters (leads/counters.py) -------------------------------------------------------------
+
+
+class LeadOfferCount(models.Model):
+    """A tenant's folded lead_offer count for one (status, DISQUALIFIED category): the exact count is
+    this `n` plus the tenant's pending `LeadOfferCountDelta` rows, read in one statement.
+
+    Written only by `leads.counters` (compaction, rebuild) and the migration's backfill; never by hand.
+    """
+
+    # ON CONFLICT folds deltas into this key; no synthetic id needed.
+    pk = models.CompositePrimaryKey("tenant_id", "status", "disqualification_category")
+    # No FK constraint: counters must never block (or be cascaded by) a tenant delete, which deletes
+    # its lead_offers and so folds its counters to zero. Indexed as the primary key's first column.
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    status = models.CharField(max_length=20, choices=LeadOfferStatus.choices)
+    # The row's category when status is DISQUALIFIED, '' for every other status.
+    disqualification_category = models.CharField(max_length=32, blank=True)
+    n = models.BigIntegerField()
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "lead_offer_counts"
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.status}/{self.disqualification_category or '-'}: {self.n}"
+
+
+class LeadOfferCountDelta(models.Model):
+    """+1/-1 per lead_offer change, appended by the `lead_offer_counts_track` trigger (append-only:
+    concurrent transactions never update a shared row), folded into `LeadOfferCount` by compaction."""
+
+    id = models.BigAutoField(primary_key=True)
+    # No FK constraint: a check per appended row would cost every lead_offer write a tenants probe.
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    status = models.CharField(max_length=20, choices=LeadOfferStatus.choices)
+    disqualification_category = models.CharField(max_length=32, blank=True)
+    delta = models.IntegerField()
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "lead_offer_count_deltas"
+        indexes = [
+            # The counter read sums a tenant's pending deltas.
+            models.Index(fields=["tenant"], name="idx_lead_offer_deltas_tenant"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.status}/{self.disqualification_category or '-'}: {self.delta:+d}"
+
+
 # --- Meta webhook inbox (decision D4) -------------------------------------------------------------------
 
 
@@ -491,6 +548,9 @@ class InboxEvent(models.Model):
     last_error = models.TextField(blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     request_id = models.CharField(max_length=128, blank=True)
+    # The procrastinate job that holds the event: the drain processing it, or its own job waiting to
+    # retry it. Drains skip an event whose holder is still queued or running (leads/ingestion.py).
+    claimed_by_job = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         db_table = "webhook_inbox_events"

@@ -22,9 +22,9 @@ What each figure counts, over the UTC dates [date_start, date_end] (both include
   `payments_received`.
 - `pending_credits`: credits tenants hold now (their balance rows); not bound to the range.
 
-Reads never write (v1's read recomputed and stored cache rows). Everything is one aggregate statement
-with GROUPING SETS (summary, by day, by tenant, by offer) plus, with `tenant_id`, the tenant lookup:
-the query count does not grow with tenants, offers or days. Cached for `TTL_REVENUE` seconds under
+Reads never write (v1's read recomputed and stored cache rows). Everything is one statement (each
+source read once from its index, see `_REVENUE_SQL`) plus, with `tenant_id`, the tenant lookup: the
+query count does not grow with tenants, offers or days. Cached for `TTL_REVENUE` seconds under
 `revenue_key`; `fresh` recomputes (and stores) it.
 """
 
@@ -56,6 +56,9 @@ T = TypeVar("T")
 
 _CENT = Decimal("0.01")
 _ZERO = Decimal("0")
+_NO_CENTS = Decimal("0.00")
+# The figures of a day without any fact (as the statement would return them).
+_NO_FACTS = (0, _NO_CENTS, 0, _NO_CENTS, _NO_CENTS, 0, 0, _NO_CENTS)
 
 
 @dataclass(frozen=True)
@@ -115,89 +118,146 @@ def revenue_default_range(*, today: dt.date | None = None) -> tuple[dt.date, dt.
     return end - dt.timedelta(days=REVENUE_DAYS_DEFAULT - 1), end
 
 
-# The grouping bit mask of GROUPING(day, tenant_id, offer_id): 1 where the column is aggregated away.
-# `_DAY_SPEND` marks the rows of the daily spend, which are not part of the grouping sets.
-_SUMMARY, _BY_DAY, _BY_TENANT, _BY_OFFER, _DAY_SPEND = 0b111, 0b011, 0b101, 0b100, 0b1000
+# The kind of each row the statement returns: the bit mask GROUPING(day, tenant_id, offer_id) would
+# give it (1 where the column is aggregated away).
+_SUMMARY, _BY_DAY, _BY_TENANT, _BY_OFFER = 0b111, 0b011, 0b101, 0b100
 
-# Facts pre-aggregated per source (ready leads, completed deliveries, paid orders, ledger entries,
-# ad spend), then one GROUPING SETS aggregate over them. Spend is prorated over the days of its period
-# inside the range: per tenant and offer as one sum (day NULL), and per day from a 1-row-per-day series
-# joined to the overlapping periods (never one row per period and day). `{tenant_*}` is empty or
-# "AND <alias>.tenant_id = %(tenant_id)s", a fixed string chosen in code; every value is bound.
+# Each source is read once and aggregated straight from its index at two grains (GROUPING SETS): per
+# (tenant, offer), or per tenant for payments and credits, the rows `day IS NULL`; and per (tenant, UTC
+# day), or per day, the rows `day IS NOT NULL`. Days are `date_bin` buckets from the range's first
+# midnight (integer arithmetic; a per-row AT TIME ZONE cost more than the scan). Lead value is count ×
+# the tenant's price, taken after aggregating (no join per lead). The per-offer rows give offers and
+# tenants and their sum the summary; the per-day rows give the days. Numeric sums are exact, so any
+# grouping gives the same figures; v1 pushed every (tenant, offer, day) fact through four grouping
+# sets with numeric sums, ~1.7× the database CPU. Spend is read once (`idx_platform_costs_date_end`:
+# only the periods that end after the range starts), prorated per row for tenants and offers, and per
+# day from the few distinct periods joined to an integer series the planner can count (never one row
+# per period and day). `{tenant_*}` is empty or "AND <alias>.tenant_id = %(tenant_id)s", a fixed
+# string chosen in code; every value is bound.
 _REVENUE_SQL = """
-WITH facts AS (
-    SELECT lo.tenant_id, lo.offer_id, (lo.qualified_at AT TIME ZONE 'UTC')::date AS day,
-           count(*) AS ready, 0 AS delivered, 0::numeric AS payments,
-           0 AS consumed, 0 AS refunded, 0::numeric AS spend
+WITH costs AS MATERIALIZED (
+    SELECT s.tenant_id, s.offer_id, s.date_start, s.date_end, s.spend
+    FROM platform_costs s
+    WHERE s.date_end >= %(start)s::date AND s.date_start <= %(end)s::date {tenant_s}
+),
+ready AS (
+    SELECT lo.tenant_id, lo.offer_id, date_bin('1 day', lo.qualified_at, %(start_at)s) AS day, count(*) AS n
     FROM lead_offers lo
     WHERE lo.qualified_at >= %(start_at)s AND lo.qualified_at < %(end_at)s {tenant_lo}
-    GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT d.tenant_id, d.offer_id, (d.delivered_at AT TIME ZONE 'UTC')::date, 0, count(*), 0, 0, 0, 0
+    GROUP BY GROUPING SETS ((1, 2), (1, 3))
+),
+delivered AS (
+    SELECT d.tenant_id, d.offer_id, date_bin('1 day', d.delivered_at, %(start_at)s) AS day, count(*) AS n
     FROM deliveries d
     WHERE d.delivered_at >= %(start_at)s AND d.delivered_at < %(end_at)s {tenant_d}
-    GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT o.tenant_id, NULL::uuid, (o.paid_at AT TIME ZONE 'UTC')::date, 0, 0, sum(o.total), 0, 0, 0
+    GROUP BY GROUPING SETS ((1, 2), (1, 3))
+),
+payments AS (
+    SELECT o.tenant_id, date_bin('1 day', o.paid_at, %(start_at)s) AS day, sum(o.total) AS total
     FROM billing_orders o
     WHERE o.status = %(completed)s AND o.paid_at >= %(start_at)s AND o.paid_at < %(end_at)s {tenant_o}
-    GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT c.tenant_id, NULL::uuid, (c.created_at AT TIME ZONE 'UTC')::date, 0, 0, 0,
-           coalesce(-sum(c.amount) FILTER (WHERE c.transaction_type = %(consumption)s), 0),
-           coalesce(sum(c.amount) FILTER (WHERE c.transaction_type = %(refund)s), 0),
-           0
+    GROUP BY GROUPING SETS ((1), (2))
+),
+credits AS (
+    SELECT c.tenant_id, date_bin('1 day', c.created_at, %(start_at)s) AS day,
+           coalesce(-sum(c.amount) FILTER (WHERE c.transaction_type = %(consumption)s), 0) AS consumed,
+           coalesce(sum(c.amount) FILTER (WHERE c.transaction_type = %(refund)s), 0) AS refunded
     FROM credit_ledger c
     WHERE c.transaction_type IN (%(consumption)s, %(refund)s)
       AND c.created_at >= %(start_at)s AND c.created_at < %(end_at)s {tenant_c}
-    GROUP BY 1, 2, 3
+    GROUP BY GROUPING SETS ((1), (2))
+),
+offer_facts AS (
+    SELECT tenant_id, offer_id, n AS ready, 0 AS delivered, 0::numeric AS payments, 0 AS consumed,
+           0 AS refunded, 0::numeric AS spend
+    FROM ready WHERE day IS NULL
     UNION ALL
-    SELECT s.tenant_id, s.offer_id, NULL::date, 0, 0, 0, 0, 0,
+    SELECT tenant_id, offer_id, 0, n, 0, 0, 0, 0 FROM delivered WHERE day IS NULL
+    UNION ALL
+    SELECT tenant_id, NULL::uuid, 0, 0, total, 0, 0, 0 FROM payments WHERE day IS NULL
+    UNION ALL
+    SELECT tenant_id, NULL::uuid, 0, 0, 0, consumed, refunded, 0 FROM credits WHERE day IS NULL
+    UNION ALL
+    SELECT s.tenant_id, s.offer_id, 0, 0, 0, 0, 0,
            sum(s.spend * (least(s.date_end, %(end)s::date) - greatest(s.date_start, %(start)s::date) + 1)
                / (s.date_end - s.date_start + 1))
-    FROM platform_costs s
-    WHERE s.date_start <= %(end)s::date AND s.date_end >= %(start)s::date {tenant_s}
+    FROM costs s
     GROUP BY 1, 2
 ),
 periods AS (
     -- Spend rows share few distinct periods (mostly calendar months): sum them per period first.
     SELECT s.date_start, s.date_end, sum(s.spend) AS spend
-    FROM platform_costs s
-    WHERE s.date_start <= %(end)s::date AND s.date_end >= %(start)s::date {tenant_s}
+    FROM costs s
     GROUP BY 1, 2
 ),
-day_spend AS (
-    SELECT g.day::date AS day, sum(p.spend / (p.date_end - p.date_start + 1)) AS spend
-    FROM generate_series(%(start)s::timestamp, %(end)s::timestamp, interval '1 day') AS g(day)
-    JOIN periods p ON p.date_start <= g.day::date AND p.date_end >= g.day::date
-    GROUP BY 1
+day_facts AS (
+    SELECT (r.day AT TIME ZONE 'UTC')::date AS day, r.n AS ready,
+           r.n * coalesce(p.cost_per_lead, %(default_cpl)s) AS ready_value, 0 AS delivered,
+           0::numeric AS delivered_value, 0::numeric AS payments, 0 AS consumed, 0 AS refunded,
+           0::numeric AS spend
+    FROM ready r
+    LEFT JOIN tenant_pricing p ON p.tenant_id = r.tenant_id
+    WHERE r.day IS NOT NULL
+    UNION ALL
+    SELECT (r.day AT TIME ZONE 'UTC')::date, 0, 0, r.n, r.n * coalesce(p.cost_per_lead, %(default_cpl)s),
+           0, 0, 0, 0
+    FROM delivered r
+    LEFT JOIN tenant_pricing p ON p.tenant_id = r.tenant_id
+    WHERE r.day IS NOT NULL
+    UNION ALL
+    SELECT (day AT TIME ZONE 'UTC')::date, 0, 0, 0, 0, total, 0, 0, 0 FROM payments WHERE day IS NOT NULL
+    UNION ALL
+    SELECT (day AT TIME ZONE 'UTC')::date, 0, 0, 0, 0, 0, consumed, refunded, 0
+    FROM credits WHERE day IS NOT NULL
+    UNION ALL
+    SELECT %(start)s::date + g.i, 0, 0, 0, 0, 0, 0, 0, sum(p.spend / (p.date_end - p.date_start + 1))
+    FROM generate_series(0, %(days)s - 1) AS g(i)
+    JOIN periods p ON p.date_start <= %(start)s::date + g.i AND p.date_end >= %(start)s::date + g.i
+    GROUP BY g.i
 ),
-grouped AS (
-    SELECT GROUPING(f.day, f.tenant_id, f.offer_id) AS grp, f.day, f.tenant_id, f.offer_id,
-           sum(f.ready) AS ready, sum(f.ready * coalesce(p.cost_per_lead, %(default_cpl)s)) AS ready_value,
-           sum(f.delivered) AS delivered,
-           sum(f.delivered * coalesce(p.cost_per_lead, %(default_cpl)s)) AS delivered_value,
-           sum(f.payments) AS payments, sum(f.consumed) AS consumed, sum(f.refunded) AS refunded,
-           sum(f.spend) AS spend
-    FROM facts f
-    LEFT JOIN tenant_pricing p ON p.tenant_id = f.tenant_id
-    GROUP BY GROUPING SETS ((), (f.day), (f.tenant_id), (f.tenant_id, f.offer_id))
+-- Counts and money per offer and per tenant; the value of a tenant's leads is its count × its price.
+valued AS (
+    SELECT g.*, coalesce(p.cost_per_lead, %(default_cpl)s) AS price,
+           g.ready * coalesce(p.cost_per_lead, %(default_cpl)s) AS ready_value,
+           g.delivered * coalesce(p.cost_per_lead, %(default_cpl)s) AS delivered_value
+    FROM (
+        SELECT GROUPING(f.offer_id) AS whole_tenant, f.tenant_id, f.offer_id,
+               sum(f.ready)::bigint AS ready, sum(f.delivered)::bigint AS delivered,
+               sum(f.payments) AS payments, sum(f.consumed)::bigint AS consumed,
+               sum(f.refunded)::bigint AS refunded, sum(f.spend) AS spend
+        FROM offer_facts f
+        GROUP BY GROUPING SETS ((f.tenant_id), (f.tenant_id, f.offer_id))
+    ) g
+    LEFT JOIN tenant_pricing p ON p.tenant_id = g.tenant_id
 )
-SELECT g.grp, g.day, g.tenant_id, g.offer_id,
-       g.ready, g.ready_value, g.delivered, g.delivered_value,
-       g.payments, g.consumed, g.refunded, g.spend,
-       t.name, o.name, coalesce(p.cost_per_lead, %(default_cpl)s), coalesce(b.balance, 0),
-       (SELECT coalesce(sum(b2.balance), 0) FROM tenant_credit_balances b2 WHERE TRUE {tenant_b2})
-FROM grouped g
-LEFT JOIN tenants t ON t.id = g.tenant_id
-LEFT JOIN offers o ON o.id = g.offer_id
-LEFT JOIN tenant_pricing p ON p.tenant_id = g.tenant_id
-LEFT JOIN tenant_credit_balances b ON b.tenant_id = g.tenant_id
--- Spend has no day here (the daily spend is below) and payments and credits no offer.
-WHERE NOT (g.grp = %(by_day)s AND g.day IS NULL) AND NOT (g.grp = %(by_offer)s AND g.offer_id IS NULL)
+-- Money leaves rounded to cents (round() ties away from zero, as ROUND_HALF_UP): Python does no
+-- per-figure arithmetic but profit and margin.
+SELECT CASE WHEN v.whole_tenant = 1 THEN %(by_tenant)s ELSE %(by_offer)s END, NULL::date,
+       v.tenant_id, v.offer_id, v.ready, round(v.ready_value, 2), v.delivered, round(v.delivered_value, 2),
+       round(v.payments, 2), v.consumed, v.refunded, round(v.spend, 2),
+       t.name, o.name, round(v.price, 2), coalesce(b.balance, 0), NULL::bigint
+FROM valued v
+LEFT JOIN tenants t ON t.id = v.tenant_id
+LEFT JOIN offers o ON o.id = v.offer_id
+LEFT JOIN tenant_credit_balances b ON b.tenant_id = v.tenant_id
+-- Payments and credits have no offer.
+WHERE v.whole_tenant = 1 OR v.offer_id IS NOT NULL
 UNION ALL
-SELECT %(day_spend)s, day, NULL::uuid, NULL::uuid, 0, 0, 0, 0, 0, 0, 0, spend, NULL, NULL, 0, 0, 0
-FROM day_spend
+SELECT %(summary)s, NULL, NULL, NULL,
+       coalesce(sum(v.ready), 0)::bigint, round(coalesce(sum(v.ready_value), 0), 2),
+       coalesce(sum(v.delivered), 0)::bigint, round(coalesce(sum(v.delivered_value), 0), 2),
+       round(coalesce(sum(v.payments), 0), 2), coalesce(sum(v.consumed), 0)::bigint,
+       coalesce(sum(v.refunded), 0)::bigint, round(coalesce(sum(v.spend), 0), 2), NULL, NULL, NULL, NULL,
+       (SELECT coalesce(sum(b2.balance), 0) FROM tenant_credit_balances b2 WHERE TRUE {tenant_b2})
+FROM valued v
+WHERE v.whole_tenant = 1
+UNION ALL
+SELECT %(by_day)s, f.day, NULL, NULL,
+       sum(f.ready)::bigint, round(sum(f.ready_value), 2), sum(f.delivered)::bigint,
+       round(sum(f.delivered_value), 2), round(sum(f.payments), 2), sum(f.consumed)::bigint,
+       sum(f.refunded)::bigint, round(sum(f.spend), 2), NULL, NULL, NULL, NULL, NULL
+FROM day_facts f
+GROUP BY f.day
 """
 
 _TENANT_COLUMNS = {
@@ -224,23 +284,11 @@ def _money(value: Decimal | None) -> Decimal:
 
 
 def _figures(row: tuple[Any, ...]) -> RevenueFigures:
-    ready, ready_value, delivered, delivered_value, payments, consumed, refunded, spend = row
-    ready_value = _money(ready_value)
-    spend = _money(spend)
+    """Figures from the eight columns the statement returns, money already rounded to cents."""
+    ready_value, spend = row[1], row[7]
     profit = ready_value - spend
     margin = None if ready_value == 0 else round(float(profit / ready_value * 100), 2)
-    return RevenueFigures(
-        leads_ready_count=int(ready or 0),
-        leads_ready_value=ready_value,
-        leads_delivered_count=int(delivered or 0),
-        leads_delivered_value=_money(delivered_value),
-        payments_received=_money(payments),
-        credits_consumed=int(consumed or 0),
-        credits_refunded=int(refunded or 0),
-        attributed_spend=spend,
-        profit=profit,
-        margin_pct=margin,
-    )
+    return RevenueFigures(*row, profit=profit, margin_pct=margin)
 
 
 def _default_cost_per_lead() -> Decimal:
@@ -260,9 +308,11 @@ def _revenue_rows(
         "consumption": CreditTransactionType.CREDIT_CONSUMPTION,
         "refund": CreditTransactionType.CREDIT_REFUND,
         "default_cpl": _default_cost_per_lead(),
+        "days": (date_end - date_start).days + 1,
+        "summary": _SUMMARY,
         "by_day": _BY_DAY,
+        "by_tenant": _BY_TENANT,
         "by_offer": _BY_OFFER,
-        "day_spend": _DAY_SPEND,
     }
     with connection.cursor() as cursor:
         cursor.execute(_sql(filtered=tenant_id is not None), params)
@@ -276,16 +326,13 @@ def _revenue_read(*, date_start: dt.date, date_end: dt.date, tenant_id: uuid.UUI
     summary = RevenueFigures()
     pending_total = 0
     day_values: dict[dt.date, tuple[Any, ...]] = {}
-    day_spend: dict[dt.date, Decimal] = {}
     tenants: list[RevenueTenant] = []
     offers: list[RevenueOffer] = []
     for row in rows:
         grp, day, row_tenant, offer_id = row[:4]
         values = row[4:12]
         tenant_name, offer_name, cost_per_lead, balance, pending = row[12:17]
-        if grp == _DAY_SPEND:
-            day_spend[day] = values[7]
-        elif grp == _BY_DAY:
+        if grp == _BY_DAY:
             day_values[day] = values
         elif grp == _SUMMARY:
             summary, pending_total = _figures(values), pending
@@ -297,23 +344,21 @@ def _revenue_read(*, date_start: dt.date, date_end: dt.date, tenant_id: uuid.UUI
                 else None
             )
             tenants.append(
-                RevenueTenant(
-                    row_tenant, tenant_name, _money(cost_per_lead), balance, cpl_attributed, figures
-                )
+                RevenueTenant(row_tenant, tenant_name, cost_per_lead, balance, cpl_attributed, figures)
             )
         elif grp == _BY_OFFER:
             offers.append(RevenueOffer(offer_id, offer_name, row_tenant, tenant_name, _figures(values)))
     by_day = []
     for offset in range((date_end - date_start).days + 1):
         day = date_start + dt.timedelta(days=offset)
-        values = day_values.get(day, (0,) * 8)
-        by_day.append(RevenueDay(day, _figures((*values[:7], day_spend.get(day)))))
-    # Largest value first, as v1 sorted; the id breaks ties so the order is stable.
+        by_day.append(RevenueDay(day, _figures(day_values.get(day, _NO_FACTS))))
+    # Largest value first, as v1 sorted; the id breaks ties so the order is stable (a UUID's integer
+    # orders as its fixed-width hex text does, and compares in C).
     tenants.sort(
-        key=lambda t: (-t.figures.leads_ready_value, -t.figures.leads_delivered_value, str(t.tenant_id))
+        key=lambda t: (-t.figures.leads_ready_value, -t.figures.leads_delivered_value, t.tenant_id.int)
     )
     offers.sort(
-        key=lambda o: (-o.figures.leads_ready_value, -o.figures.leads_delivered_value, str(o.offer_id))
+        key=lambda o: (-o.figures.leads_ready_value, -o.figures.leads_delivered_value, o.offer_id.int)
     )
     return RevenueReport(
         date_start=date_start,

@@ -18,6 +18,9 @@ class AdvisoryLock(enum.IntEnum):
     unused."""
 
     TENANT_STATS_REFRESH = 1_001
+    # Compaction and rebuild of the lead_offer counters (leads/counters.py; the TRUNCATE trigger of
+    # leads/migrations/0008_lead_offer_counts.py takes it by number).
+    LEAD_OFFER_COUNTS = 1_002
 
 
 def advisory_xact_lock_try(key: AdvisoryLock) -> bool:

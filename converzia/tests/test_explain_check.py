@@ -52,7 +52,6 @@ VALIDATED_ON_SEED = {
     "portal.leads.list.offer",
     "portal.leads.detail",
     "portal.leads.detail.timeline",
-    "portal.stats.by_status",
     "portal.stats.created",
     "portal.stats.delivered",
     "portal.funnel",

@@ -197,6 +197,11 @@ SPEC: dict[str, Expected] = {
     "idx_lead_offers_unique_unmapped_per_tenant": Expected(
         "lead_offers", ("tenant_id", "lead_id"), is_unique=True, predicate=("offer_id IS NULL",)
     ),
+    # -- lead_offer counters (leads/counters.py)
+    "lead_offer_counts_pkey": Expected(
+        "lead_offer_counts", ("tenant_id", "status", "disqualification_category"), is_unique=True
+    ),
+    "idx_lead_offer_deltas_tenant": Expected("lead_offer_count_deltas", ("tenant_id",)),
     # -- lead_events
     "idx_lead_events_lead_offer_created": Expected("lead_events", ("lead_offer_id", "created_at")),
     "idx_lead_events_tenant_type_created": Expected("lead_events", ("tenant_id", "event_type", "created_at")),
@@ -242,6 +247,7 @@ SPEC: dict[str, Expected] = {
         "platform_costs", ("tenant_id", "platform", "ad_id", "date_start", "date_end"), is_unique=True
     ),
     "idx_platform_costs_date": Expected("platform_costs", ("date_start", "date_end")),
+    "idx_platform_costs_date_end": Expected("platform_costs", ("date_end",)),
     "idx_credit_ledger_charges_created": Expected(
         "credit_ledger", ("created_at",), predicate=("'CREDIT_CONSUMPTION'", "'CREDIT_REFUND'")
     ),
@@ -285,6 +291,8 @@ SPEC_MODELS = (
     "leads.LeadSource",
     "leads.LeadOffer",
     "leads.LeadEvent",
+    "leads.LeadOfferCount",
+    "leads.LeadOfferCountDelta",
     "leads.InboxEvent",
     "leads.InboxChange",
     "billing.TenantPricing",

@@ -50,7 +50,7 @@ from deliveries.models import (
 )
 from deliveries.services import SendRecord, deliveries_complete, lead_offer_qualify
 from deliveries.tests.factories import DeliveryAttemptFactory, DeliveryDestinationFactory, DeliveryFactory
-from leads.ingestion import inbox_event_store
+from leads.ingestion import drain_queueing_lock, drain_shard, inbox_event_store
 from leads.meta import LeadgenChange
 from leads.models import (
     AdOfferMap,
@@ -124,7 +124,9 @@ def one_of_each(admin_user) -> dict[type[Model], Model]:
     )
     inbox_change = inbox_event.changes.get()
     InboxChange.objects.filter(pk=inbox_change.pk).update(tenant=tenant)
-    job = apps.get_model("procrastinate", "ProcrastinateJob").objects.get(args__event_id=inbox_event.pk)
+    job = apps.get_model("procrastinate", "ProcrastinateJob").objects.get(
+        queueing_lock=drain_queueing_lock(drain_shard(inbox_event.pk))
+    )
     # Portal models are reached through the app registry: nothing imports from portal.
     stats_refresh = apps.get_model("portal", "StatsViewRefresh").objects.create(
         view_name="tenant_stats_materialized",
@@ -169,9 +171,17 @@ def _billing_order_of(tenant: Tenant) -> dict[type[Model], Model]:
     return {BillingOrder: BillingOrder.objects.get(tenant=tenant)}
 
 
+# Bookkeeping that only triggers and leads.counters write; nothing for staff to see or edit there (and
+# the admin cannot register a model with a composite primary key). The counts show in tenant stats.
+NOT_IN_ADMIN = {"leads.LeadOfferCount", "leads.LeadOfferCountDelta"}
+
+
 def test_every_model_of_every_app_is_registered():
     models = [
-        m for m in apps.get_models() if m._meta.app_label in {"converzia", "leads", "billing", "deliveries"}
+        m
+        for m in apps.get_models()
+        if m._meta.app_label in {"converzia", "leads", "billing", "deliveries"}
+        and m._meta.label not in NOT_IN_ADMIN
     ]
     missing = sorted(m._meta.label for m in models if m not in admin.site._registry)
 

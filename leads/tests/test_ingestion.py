@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.utils import timezone
+from procrastinate.jobs import Job
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -20,13 +21,19 @@ from converzia.request_context import request_id_var
 from converzia.tests.factories import TenantFactory
 from leads import meta
 from leads.ingestion import (
+    DRAIN_BATCH_EVENTS,
+    DrainReport,
     InboxRetryLater,
+    drain_shard,
+    drain_shards,
     inbox_changes_requeue,
+    inbox_drain,
     inbox_event_process,
     inbox_event_store,
     inbox_events_requeue,
     inbox_stale_sweep,
 )
+from leads.measure.graph_stub import phone_for_leadgen
 from leads.models import (
     ActorType,
     BillingEligibility,
@@ -42,6 +49,7 @@ from leads.models import (
     LeadSource,
 )
 from leads.services import ad_mapping_set_active
+from leads.tasks import INGESTION_RETRY, event_final_attempt
 from leads.tests.factories import AdOfferMapFactory, LeadFactory, LeadOfferFactory, OfferFactory
 from leads.tests.test_meta import VECTORS
 
@@ -161,6 +169,16 @@ def jobs_of(event: InboxEvent) -> list[tuple[str, str, dict[str, Any]]]:
         return [(status, task, json.loads(args)) for status, task, args in cursor.fetchall()]
 
 
+def drain_jobs(event: InboxEvent) -> list[tuple[str, str, dict[str, Any]]]:
+    """The drain jobs of the event's shard (the webhook queues one; later events join it)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT status, task_name, args FROM procrastinate_jobs WHERE queueing_lock = %s ORDER BY id",
+            [f"inbox-drain:{drain_shard(event.pk)}"],
+        )
+        return [(status, task, json.loads(args)) for status, task, args in cursor.fetchall()]
+
+
 def delete_jobs() -> None:
     """What a worker leaves behind once it has run the jobs (finished jobs are deleted)."""
     with connection.cursor() as cursor:
@@ -190,7 +208,7 @@ def test_a_mapped_lead_becomes_a_lead_a_source_and_a_lead_offer(graph, tenant, o
     graph.answer(LEADGEN_ID, (200, lead_with_dni))
     body = json.loads(VECTORS["cases"][0]["body"])
     event = store(body, request_id="req-happy-path-0001")
-    assert jobs_of(event) == [("todo", "leads.process_inbox_event", {"event_id": event.pk})]
+    assert drain_jobs(event) == [("todo", "leads.drain_inbox", {"shard": drain_shard(event.pk)})]
 
     counts = process(event)
 
@@ -802,23 +820,21 @@ def test_another_tenants_lead_offer_does_not_make_a_duplicate(graph, second_offe
 # --- The stale-event sweep ----------------------------------------------------------------------------------
 
 
-def test_the_sweep_re_defers_a_pending_event_that_lost_its_job(graph, mapping):
+def test_the_sweep_wakes_a_drain_for_a_pending_event_that_lost_its_job(graph, mapping):
     graph.lead("9201", ("phone_number", PHONE))
     done = store(payload(leadgen("9201")))
     process(done)
     lost = store(payload(leadgen("9202")))
     delete_jobs()
-    queued = store(payload(leadgen("9203")))
-    assert jobs_of(lost) == [] and len(jobs_of(queued)) == 1
+    assert drain_jobs(lost) == []
 
     assert inbox_stale_sweep(older_than_s=0) == 1
 
-    assert jobs_of(lost) == [("todo", "leads.process_inbox_event", {"event_id": lost.pk})]
-    assert len(jobs_of(queued)) == 1
-    assert jobs_of(done) == []
-    # Every pending event now has its job queued: a second sweep defers nothing.
+    assert drain_jobs(lost) == [("todo", "leads.drain_inbox", {"shard": drain_shard(lost.pk)})]
+    # The queued drain is joined, not doubled: a second sweep defers nothing.
     assert inbox_stale_sweep(older_than_s=0) == 0
-    assert len(jobs_of(lost)) == 1
+    assert len(drain_jobs(lost)) == 1
+    assert jobs_of(lost) == [] and jobs_of(done) == []
 
 
 def test_the_sweep_leaves_recent_events_alone(graph, mapping):
@@ -827,7 +843,7 @@ def test_the_sweep_leaves_recent_events_alone(graph, mapping):
 
     assert inbox_stale_sweep(older_than_s=3600) == 0
 
-    assert jobs_of(lost) == []
+    assert drain_jobs(lost) == []
 
 
 # --- Phones and countries -----------------------------------------------------------------------------------
@@ -959,3 +975,173 @@ def test_a_missing_access_token_waits_for_configuration_then_recovers(graph, set
     settings.META_PAGE_ACCESS_TOKEN = TOKEN
     graph.lead("9003", ("phone_number", PHONE))
     assert process(event) == {C.PROCESSED: 1}
+
+
+# --- Drains: many events per job ----------------------------------------------------------------------------
+
+
+def running_job(task_name: str = "leads.drain_inbox", *, heartbeat_age_s: float = 0) -> int:
+    """A job as a worker runs it: `doing`, on a worker whose last heartbeat is `heartbeat_age_s` old."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO procrastinate_workers (last_heartbeat)"
+            " VALUES (now() - make_interval(secs => %s)) RETURNING id",
+            [heartbeat_age_s],
+        )
+        (worker_id,) = cursor.fetchone()
+        cursor.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, worker_id)"
+            " VALUES ('ingestion', %s, '{}', 'doing', %s) RETURNING id",
+            [task_name, worker_id],
+        )
+        return cursor.fetchone()[0]
+
+
+def drain(job_id: int | None = None) -> DrainReport:
+    return inbox_drain(job_id=running_job() if job_id is None else job_id, shard=0)
+
+
+def claimed_by(event: InboxEvent) -> int | None:
+    return InboxEvent.objects.values_list("claimed_by_job", flat=True).get(pk=event.pk)
+
+
+def test_one_drain_takes_many_single_change_events_in_few_claims(graph, mapping):
+    leadgen_ids = [str(9_300_000 + n) for n in range(DRAIN_BATCH_EVENTS + 10)]
+    for leadgen_id in leadgen_ids:
+        graph.lead(leadgen_id, ("phone_number", phone_for_leadgen(leadgen_id)))
+    events = [store(payload(leadgen(leadgen_id))) for leadgen_id in leadgen_ids]
+
+    # One queued drain per shard, whatever the number of POSTs.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'leads.drain_inbox'")
+        assert cursor.fetchone()[0] == drain_shards() < len(events)
+
+    report = drain()
+
+    assert (report.claims, report.events, report.changes, report.retries) == (2, len(events), len(events), 0)
+    assert not report.handed_over
+    assert set(InboxEvent.objects.values_list("status", flat=True)) == {InboxEventStatus.DONE}
+    assert set(InboxEvent.objects.values_list("attempts", flat=True)) == {1}
+    assert LeadSource.objects.count() == LeadOffer.objects.count() == len(leadgen_ids)
+    assert all(graph.calls(leadgen_id) == 1 for leadgen_id in leadgen_ids)
+    # Nothing is left for the queued drains.
+    assert drain() == DrainReport()
+
+
+def test_a_claim_stops_at_the_change_budget_but_takes_at_least_one_event(graph, tenant):
+    # Unrouted changes (no mapping for the ad) settle without a Graph call.
+    big = [store(payload(*(leadgen(f"94{e}{n:04d}", ad_id="999") for n in range(150)))) for e in range(3)]
+
+    report = drain()
+
+    # 150 + 150 changes reach the 200-change budget after two events; the third goes alone.
+    assert (report.claims, report.events, report.changes) == (2, 3, 450)
+    assert {event.pk for event in big} == set(
+        InboxEvent.objects.filter(status=InboxEventStatus.PARKED).values_list("pk", flat=True)
+    )
+
+
+def test_a_drain_leaves_events_held_by_a_live_job_alone(graph, mapping):
+    for leadgen_id in ("9501", "9502", "9503", "9504"):
+        graph.lead(leadgen_id, ("phone_number", phone_for_leadgen(leadgen_id)))
+    held = store(payload(leadgen("9501")))
+    queued_retry = store(payload(leadgen("9502")))
+    dead_drain = store(payload(leadgen("9503")))
+    gone = store(payload(leadgen("9504")))
+    live = running_job()
+    InboxEvent.objects.filter(pk=held.pk).update(claimed_by_job=live)
+    inbox_events_requeue([queued_retry.pk])  # its own job, queued: it holds the event
+    killed = running_job(heartbeat_age_s=3600)
+    InboxEvent.objects.filter(pk=dead_drain.pk).update(claimed_by_job=killed)
+    InboxEvent.objects.filter(pk=gone.pk).update(claimed_by_job=10**12)  # a job that ended
+
+    report = drain()
+
+    assert report.events == 2
+    assert event_status(held.pk) == event_status(queued_retry.pk) == InboxEventStatus.PENDING
+    assert event_status(dead_drain.pk) == event_status(gone.pk) == InboxEventStatus.DONE
+    assert claimed_by(held) == live
+    # The stale sweep leaves the held ones to their jobs too.
+    assert inbox_stale_sweep(older_than_s=0) == 0
+    # The live drain itself (rerun by the stalled-job recovery, say) takes its own claim again.
+    assert drain(live).events == 1
+    assert event_status(held.pk) == InboxEventStatus.DONE
+
+
+def event_status(event_id: int) -> str:
+    return InboxEvent.objects.values_list("status", flat=True).get(pk=event_id)
+
+
+def test_a_transient_failure_goes_to_the_events_own_retry_job(graph, tenant, mapping):
+    lead = graph_lead("9601", ("phone_number", PHONE))
+    graph.answer("9601", (503, {"error": {"message": "Service unavailable", "code": 2}}), (200, lead))
+    graph.lead("9602", ("phone_number", phone_for_leadgen("9602")))
+    failing = store(payload(leadgen("9601")))
+    fine = store(payload(leadgen("9602")))
+    delete_jobs()
+
+    report = drain()
+
+    assert (report.events, report.retries) == (2, 1)
+    assert event_status(fine.pk) == InboxEventStatus.DONE
+    failing.refresh_from_db()
+    assert (failing.status, failing.attempts) == (InboxEventStatus.PENDING, 1)
+    assert failing.last_error == "Graph API answered 503 (code 2): Service unavailable"
+    # Its own job, counting the drain's run as the first attempt, after the first backoff wait.
+    assert jobs_of(failing) == [
+        ("todo", "leads.process_inbox_event", {"event_id": failing.pk, "prior_attempts": 1})
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, EXTRACT(EPOCH FROM scheduled_at - clock_timestamp()) FROM procrastinate_jobs"
+            " WHERE queueing_lock = %s",
+            [f"inbox-event:{failing.pk}"],
+        )
+        retry_job, wait_s = cursor.fetchone()
+    assert 1 < wait_s <= 2
+    assert failing.claimed_by_job == retry_job
+    # Drains and the sweep leave it to that job.
+    assert drain().events == 0
+    assert inbox_stale_sweep(older_than_s=0) == 0
+
+    assert process(failing) == {C.PROCESSED: 1}  # the retry job's run
+    assert failing.status == InboxEventStatus.DONE
+    assert LeadOffer.objects.count() == 2
+    assert graph.calls("9601") == 2
+
+
+def _retry_job(attempts: int, prior_attempts: int = 0) -> Job:
+    kwargs = {"event_id": 1, **({"prior_attempts": prior_attempts} if prior_attempts else {})}
+    return Job(
+        id=1,
+        queue="ingestion",
+        lock=None,
+        queueing_lock="inbox-event:1",
+        task_name="leads.process_inbox_event",
+        task_kwargs=kwargs,
+        attempts=attempts,
+    )
+
+
+def _waits_then_final(prior_attempts: int) -> tuple[list[int], int]:
+    """The backoff waits of an event's job until its final attempt, and how many runs it makes."""
+    waits: list[int] = []
+    attempts = 0
+    while not event_final_attempt(_retry_job(attempts, prior_attempts)):
+        decision = INGESTION_RETRY.get_retry_decision(
+            exception=InboxRetryLater("x"), job=_retry_job(attempts, prior_attempts)
+        )
+        assert decision is not None
+        waits.append(int(decision.retry_at.timestamp() - time.time() + 0.5))
+        attempts += 1
+    return waits, attempts + 1
+
+
+def test_a_handed_over_event_gets_the_same_backoff_and_final_attempt_as_before():
+    alone_waits, alone_runs = _waits_then_final(prior_attempts=0)
+    handed_waits, handed_runs = _waits_then_final(prior_attempts=1)
+
+    assert alone_waits == [2**n for n in range(1, 11)] and alone_runs == 11
+    # The drain's run was the first attempt, then the first wait (2 s) before the job was queued.
+    assert [2, *handed_waits] == alone_waits
+    assert 1 + handed_runs == alone_runs

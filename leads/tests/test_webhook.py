@@ -280,9 +280,8 @@ def test_accepted_event_is_stored_with_its_change_and_one_job(client: Client, jo
     assert (change.ad_id, change.adgroup_id) == ("44444444444", "44444444444")
     assert change.submitted_at == datetime.fromtimestamp(1764409990, tz=UTC)
     assert change.value == json.loads(body)["entry"][0]["changes"][0]["value"]
-    assert job_rows(jobs_before) == [
-        ("leads.process_inbox_event", {"event_id": event.pk}, "todo", f"inbox-event:{event.pk}")
-    ]
+    shard = ingestion.drain_shard(event.pk)
+    assert job_rows(jobs_before) == [("leads.drain_inbox", {"shard": shard}, "todo", f"inbox-drain:{shard}")]
 
 
 def test_numeric_ids_are_stored_as_the_same_text_as_string_ids(client: Client) -> None:
@@ -322,7 +321,7 @@ def test_changes_are_stored_in_order_entry_by_entry(client: Client, jobs_before:
         (2, "1003", "777"),
         (3, "1004", "153125381133"),
     ]
-    assert [args for _, args, _, _ in job_rows(jobs_before)] == [{"event_id": event.pk}]
+    assert [args for _, args, _, _ in job_rows(jobs_before)] == [{"shard": ingestion.drain_shard(event.pk)}]
 
 
 def test_two_changes_vector_counts_every_leadgen_change(client: Client) -> None:
@@ -389,13 +388,13 @@ def test_failure_after_the_job_is_deferred_leaves_nothing_behind(
 ) -> None:
     """The event, its changes and its job commit together: a failure after the job insert undoes all."""
     deferred: list[bool] = []
-    real_defer = ingestion.inbox_event_defer
+    real_wake = ingestion.inbox_drain_wake
 
-    def defer_then_fail(event_id: int, **kwargs: bool) -> bool:
-        deferred.append(real_defer(event_id, **kwargs))
+    def defer_then_fail(shard: int) -> bool:
+        deferred.append(real_wake(shard))
         raise DatabaseError("injected failure after the job insert")
 
-    monkeypatch.setattr(ingestion, "inbox_event_defer", defer_then_fail)
+    monkeypatch.setattr(ingestion, "inbox_drain_wake", defer_then_fail)
 
     response = post_signed(client, CASES["two_changes_one_entry"]["body"].encode())
 
@@ -543,7 +542,7 @@ def test_batch_of_1000_changes_is_accepted_in_one_event_and_one_job(client: Clie
     )
     assert leadgen_ids == [str(10_000_000 + index) for index in range(1000)]
     assert event.leadgen_ids == leadgen_ids
-    assert [args for _, args, _, _ in job_rows(jobs_before)] == [{"event_id": event.pk}]
+    assert [args for _, args, _, _ in job_rows(jobs_before)] == [{"shard": ingestion.drain_shard(event.pk)}]
 
 
 def test_batch_of_1001_changes_is_refused(client: Client, assert_nothing_stored) -> None:

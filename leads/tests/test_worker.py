@@ -12,10 +12,12 @@ or waiting on a lock. Short WORKER_STALLED_AFTER_S makes recovery take seconds, 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,12 +29,19 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, connections, transaction
 
 from converzia.management.commands.run_worker import heartbeat_interval
 from converzia.tasks import recovery_cron
 from leads import meta
-from leads.ingestion import inbox_event_store, inbox_stale_sweep
+from leads.ingestion import (
+    drain_queueing_lock,
+    drain_shard,
+    inbox_drain,
+    inbox_drain_wake,
+    inbox_event_store,
+    inbox_stale_sweep,
+)
 from leads.measure.graph_stub import GraphStub, phone_for_leadgen
 from leads.measure.payloads import leadgen_payload
 from leads.models import (
@@ -50,7 +59,8 @@ MANAGE_PY = Path(settings.BASE_DIR) / "manage.py"
 # Short enough for recovery within seconds, long enough that a busy test box never makes a live
 # worker (heartbeat every STALLED_AFTER_S / 4) look dead.
 STALLED_AFTER_S = 3
-WORKER_START_TIMEOUT_S = 15
+# Generous: on a loaded 2-core box two workers starting at once take a while to import Django.
+WORKER_START_TIMEOUT_S = 30
 PROCRASTINATE_TABLES = (
     "procrastinate_events",
     "procrastinate_periodic_defers",
@@ -105,6 +115,19 @@ def jobs_of_event(event_id: int) -> list[str]:
         return [status for (status,) in cursor.fetchall()]
 
 
+def drain_jobs_of(event_id: int) -> list[str]:
+    """Statuses of the drain jobs of the event's shard, oldest first."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT status::text FROM procrastinate_jobs WHERE queueing_lock = %s ORDER BY id",
+            [drain_queueing_lock(drain_shard(event_id))],
+        )
+        return [status for (status,) in cursor.fetchall()]
+
+
+DRAIN_ENDED = re.compile(r"leads\.drain_inbox\[(\d+)\]\(shard=\d+\) ended")
+
+
 class WorkerProcess:
     """One `manage.py run_worker` subprocess; its log goes to a file the failure messages quote."""
 
@@ -127,6 +150,10 @@ class WorkerProcess:
         """The worker writes its log line just after the database change a test waits for."""
         return wait_until(lambda: text in self.log(tail_chars=10**7), timeout_s=timeout_s)
 
+    def drains_run(self) -> set[int]:
+        """Ids of the drain jobs this worker ran to the end (from its INFO log)."""
+        return set(map(int, DRAIN_ENDED.findall(self.log(tail_chars=10**8))))
+
     def wait_listening(self) -> None:
         """Until the worker's listener connection has run LISTEN (it is then waiting for NOTIFY)."""
 
@@ -140,7 +167,7 @@ class WorkerProcess:
         def blocked() -> bool:
             return any(wait_type == "Lock" for _, wait_type in backend_states(self.name))
 
-        assert wait_until(blocked, timeout_s=10), (
+        assert wait_until(blocked, timeout_s=30), (
             f"worker {self.name} never waited on the lock:\n{self.log()}"
         )
 
@@ -174,13 +201,16 @@ def route():
 
 @pytest.fixture
 def start_worker(graph: GraphStub) -> Iterator[Callable[..., WorkerProcess]]:
-    """`start_worker(*args, stalled_after_s=…)`: a worker on the test database, killed at teardown."""
+    """`start_worker(*args, stalled_after_s=…, env=…)`: a worker on the test database, killed at
+    teardown."""
     clear_queue()
     started: list[WorkerProcess] = []
     with tempfile.TemporaryDirectory(prefix="cvz-worker-test-") as log_dir:
 
-        def start(*args: str, stalled_after_s: float = STALLED_AFTER_S) -> WorkerProcess:
-            env = {
+        def start(
+            *args: str, stalled_after_s: float = STALLED_AFTER_S, env: dict[str, str] | None = None
+        ) -> WorkerProcess:
+            worker_env = {
                 **os.environ,
                 "DJANGO_SETTINGS_MODULE": "converzia.settings.test",
                 "DATABASE_URL": worker_database_url(),
@@ -191,8 +221,9 @@ def start_worker(graph: GraphStub) -> Iterator[Callable[..., WorkerProcess]]:
                 "INBOX_STALE_AFTER_S": "3600",
                 "PGAPPNAME": f"cvz-test-worker-{len(started)}-{uuid.uuid4().hex[:6]}",
                 "PROCRASTINATE_LOG_LEVEL": "INFO",
+                **(env or {}),
             }
-            worker = WorkerProcess(env, ["--concurrency", "4", *args], Path(log_dir))
+            worker = WorkerProcess(worker_env, ["--concurrency", "4", *args], Path(log_dir))
             started.append(worker)
             return worker
 
@@ -261,7 +292,8 @@ def test_worker_killed_between_two_changes_loses_and_duplicates_nothing(start_wo
     """The worker commits the first change, then waits for the second change's row lock, which the
     test holds (an event's Graph fetches all happen before its database work, so holding a Graph answer
     could not stop a worker between two committed changes). It is killed right there; another worker's
-    stalled-job recovery puts the job back in the queue and the rerun finishes the second change only."""
+    stalled-job recovery puts the drain back in the queue, and the rerun (same job, so its claim on the
+    event is still its own) finishes the second change only."""
     leadgen_ids = ["720000000001", "720000000002"]
     event = store_event(route, leadgen_ids)
     second = InboxChange.objects.get(event_id=event.pk, position=1)
@@ -276,7 +308,7 @@ def test_worker_killed_between_two_changes_loses_and_duplicates_nothing(start_wo
         blocker.rollback()
 
     assert event_status(event.pk) == InboxEventStatus.PENDING
-    assert jobs_of_event(event.pk) == ["doing"], doomed.log()
+    assert drain_jobs_of(event.pk) == ["doing"], doomed.log()
 
     rescuer = start_worker()
     recovered = wait_until(
@@ -291,36 +323,183 @@ def test_worker_killed_between_two_changes_loses_and_duplicates_nothing(start_wo
     # The committed change was never fetched again; the other one once per run.
     assert graph.hits(leadgen_ids[0]) == 1
     assert graph.hits(leadgen_ids[1]) == 2
-    assert wait_until(lambda: jobs_of_event(event.pk) == [], timeout_s=2), jobs_of_event(event.pk)
+    assert wait_until(lambda: drain_jobs_of(event.pk) == [], timeout_s=2), drain_jobs_of(event.pk)
+    assert jobs_of_event(event.pk) == []
 
 
 @pytest.mark.django_db(transaction=True)
-def test_stalled_job_gives_way_to_the_job_the_sweep_queued_for_its_event(start_worker, graph, route):
-    """While a dead worker's job is still `doing`, the inbox sweep queues a second job for the event;
-    it holds the event's queueing lock, so the stalled job cannot go back to `todo`. Recovery ends the
-    stalled job instead (and goes on with other stalled jobs); the queued job does the work."""
+def test_the_sweep_recovers_the_events_of_a_killed_drain_without_the_stalled_job_recovery(
+    start_worker, graph, route, settings
+):
+    """A drain killed mid-event holds its claim while its worker's heartbeat is fresh (the sweep leaves
+    it alone); once the heartbeat is older than the stalled window the event is free, and the drain the
+    sweep queues takes it, on a worker that runs no recovery at all."""
+    settings.WORKER_STALLED_AFTER_S = STALLED_AFTER_S  # the sweep runs here, in the test process
     answer = graph.hold("750000000001")
     doomed = start_worker()
     event = store_event(route, ["750000000001"])
     assert graph.wait_for_request("750000000001", timeout_s=WORKER_START_TIMEOUT_S), doomed.log()
     doomed.signal(signal.SIGKILL)
     doomed.wait_exit(timeout_s=5)
+    killed_at = time.monotonic()
     answer.set()
-    assert inbox_stale_sweep(older_than_s=0) == 1
-    assert jobs_of_event(event.pk) == ["doing", "todo"]
+    assert inbox_stale_sweep(older_than_s=0) == 0
+    assert drain_jobs_of(event.pk) == ["doing"]
 
-    # A worker for maintenance only: recovery runs, the queued ingestion job stays queued.
-    recovery = start_worker("--queues", "maintenance")
-    ended = wait_until(lambda: jobs_of_event(event.pk) == ["aborted", "todo"], timeout_s=STALLED_AFTER_S + 10)
-    assert ended, f"{jobs_of_event(event.pk)}:\n{recovery.log()}"
-    assert recovery.wait_logged("takes over"), recovery.log()
+    time.sleep(max(0.0, killed_at + STALLED_AFTER_S + 0.5 - time.monotonic()))
+    assert inbox_stale_sweep(older_than_s=0) == 1
+    assert drain_jobs_of(event.pk) == ["doing", "todo"]
 
     ingestion = start_worker("--queues", "ingestion")
-    processed = wait_until(lambda: event_status(event.pk) == InboxEventStatus.DONE, timeout_s=10)
+    processed = wait_until(
+        lambda: event_status(event.pk) == InboxEventStatus.DONE, timeout_s=WORKER_START_TIMEOUT_S + 10
+    )
 
     assert processed, f"event still {event_status(event.pk)}:\n{ingestion.log()}"
     assert_each_lead_once(route, ["750000000001"])
-    assert jobs_of_event(event.pk) == ["aborted"]
+    assert graph.hits("750000000001") == 2
+    # The dead drain is left to the stalled-job recovery; its rerun would find nothing of its own.
+    assert wait_until(lambda: drain_jobs_of(event.pk) == ["doing"], timeout_s=5), drain_jobs_of(event.pk)
+
+
+# --- Drains ----------------------------------------------------------------------------------------
+
+
+def store_events_concurrently(route, leadgen_ids: list[str], *, threads: int) -> list[int]:
+    """Each thread posts its share of single-change events (its own connection, as gunicorn's would)."""
+    event_ids: list[int] = []
+    lock = threading.Lock()
+
+    def post(share: list[str]) -> None:
+        try:
+            for leadgen_id in share:
+                event = store_event(route, [leadgen_id])
+                with lock:
+                    event_ids.append(event.pk)
+        finally:
+            connections.close_all()
+
+    workers = [threading.Thread(target=post, args=(leadgen_ids[n::threads],)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return sorted(event_ids)
+
+
+def assert_each_event_claimed_once(event_ids: list[int]) -> None:
+    """Every claim counts an attempt: one attempt each means no event went to two jobs."""
+    attempts = InboxEvent.objects.filter(pk__in=event_ids).values_list("attempts", flat=True)
+    assert sorted(set(attempts)) == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_many_single_change_events_are_drained_by_few_jobs(start_worker, graph, route):
+    leadgen_ids = [str(760_000_000_000 + n) for n in range(300)]
+    event_ids = [store_event(route, [leadgen_id]).pk for leadgen_id in leadgen_ids]
+
+    worker = start_worker()
+    done = wait_until(
+        lambda: not InboxEvent.objects.filter(status=InboxEventStatus.PENDING).exists(), timeout_s=60
+    )
+
+    assert done, worker.log()
+    assert_each_lead_once(route, leadgen_ids)
+    assert all(graph.hits(leadgen_id) == 1 for leadgen_id in leadgen_ids)
+    assert_each_event_claimed_once(event_ids)
+    assert wait_until(lambda: len(worker.drains_run()) >= 1, timeout_s=2)
+    # One queued drain per shard (16) plus the successors of drains that used up their time budget.
+    assert len(worker.drains_run()) < len(event_ids) / 4, worker.log()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_drains_on_two_workers_never_take_an_event_twice(start_worker, graph, route):
+    first, second = start_worker(), start_worker()
+    first.wait_listening()
+    second.wait_listening()
+    leadgen_ids = [str(770_000_000_000 + n) for n in range(400)]
+
+    event_ids = store_events_concurrently(route, leadgen_ids, threads=4)
+    done = wait_until(
+        lambda: not InboxEvent.objects.filter(status=InboxEventStatus.PENDING).exists(), timeout_s=60
+    )
+
+    assert done, f"{first.log()}\n{second.log()}"
+    assert_each_lead_once(route, leadgen_ids)
+    assert all(graph.hits(leadgen_id) == 1 for leadgen_id in leadgen_ids)
+    assert_each_event_claimed_once(event_ids)
+    drains = first.drains_run() | second.drains_run()
+    assert first.drains_run() and second.drains_run(), "both workers drained"
+    assert len(drains) < len(event_ids)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_that_joins_a_queued_drain_commits_before_that_drain_can_start(
+    graph, route, settings, start_worker
+):
+    """The race of a drain finishing its last scan as a new event commits. The webhook that finds its
+    shard's drain queued joins it with a share lock on the job row: procrastinate's fetch (`FOR UPDATE
+    SKIP LOCKED`) cannot start that drain before the event is visible, and the commit notifies the
+    workers as a job insert would. (`start_worker` only to empty the queue before and after: the drain
+    runs in this process.)"""
+    settings.META_GRAPH_URL = graph.url
+    settings.META_PAGE_ACCESS_TOKEN = "test-page-token"
+    first = store_event(route, ["780000000001"])
+    shard = drain_shard(first.pk)
+    assert drain_jobs_of(first.pk) == ["todo"]
+
+    with psycopg.connect(worker_database_url(), autocommit=True) as worker:
+        worker.execute("LISTEN procrastinate_any_queue_v1")
+        with transaction.atomic():
+            # What the webhook does for an event of the same shard (stored directly: its id would
+            # rarely fall in the shard).
+            second = InboxEvent.objects.create(payload={}, leadgen_ids=["780000000002"], change_count=1)
+            InboxChange.objects.create(
+                event=second, position=0, leadgen_id="780000000002", ad_id=route.ad_id, value={}
+            )
+            assert inbox_drain_wake(shard) is False  # joined, not a second job
+            fetched = worker.execute(
+                "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['ingestion']::varchar[], NULL)"
+            ).fetchone()
+            assert fetched == (None,), "the joined drain started before the event committed"
+        notified = [n.payload for n in worker.notifies(timeout=2, stop_after=1)]
+        (job_id,) = worker.execute(
+            "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['ingestion']::varchar[], NULL)"
+        ).fetchone()
+
+    assert job_id is not None
+    assert notified and f'"job_id" : {job_id}' in notified[0]
+    # The drain that starts now sees both events.
+    report = inbox_drain(job_id=job_id, shard=shard)
+    assert report.events == 2
+    assert_each_lead_once(route, ["780000000001", "780000000002"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transient_graph_failure_is_retried_by_the_events_own_job_after_the_backoff(
+    start_worker, graph, route
+):
+    """The Graph call times out in the drain; the event goes to its own job, which runs about 2 s
+    later (the first backoff wait) and succeeds; the other events of the batch were not held back."""
+    answer = graph.hold("790000000001")
+    worker = start_worker(env={"META_GRAPH_TIMEOUT_S": "0.5"})
+    worker.wait_listening()
+    slow = store_event(route, ["790000000001"])
+    fine = store_event(route, ["790000000002"])
+    assert wait_until(lambda: event_status(fine.pk) == InboxEventStatus.DONE, timeout_s=5), worker.log()
+    assert wait_until(lambda: jobs_of_event(slow.pk) == ["todo"], timeout_s=5), worker.log()
+    handed_over_at = time.monotonic()
+    answer.set()
+
+    processed = wait_until(lambda: event_status(slow.pk) == InboxEventStatus.DONE, timeout_s=10)
+    waited_s = time.monotonic() - handed_over_at
+
+    assert processed, worker.log()
+    # The job is due 2 s after the hand-over; a worker looks for due scheduled jobs every few seconds.
+    assert 0.5 < waited_s < 9, waited_s
+    assert_each_lead_once(route, ["790000000001", "790000000002"])
+    assert graph.hits("790000000001") == 2
+    assert InboxEvent.objects.get(pk=slow.pk).attempts == 2
 
 
 # --- SIGTERM ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from django.utils import timezone
 from billing.models import BillingOrder, PlatformCost, TenantCreditBalance, TenantPricing, default_packages
 from converzia.models import ApiToken, Tenant, TenantMember, User
 from deliveries.models import DeliveryDestination
+from leads.counters import lead_offer_counts_rebuild
 from leads.models import AdOfferMap, Lead, Offer
 from portal.seeding import binary as b
 from portal.seeding.generator import STATUSES, Generator
@@ -271,6 +272,11 @@ def seed_demo(
             log(f"rebuilding {len(deferred)} indexes ...")
             indexes_rebuild(cursor, deferred)
             timings["index rebuild"] = time.monotonic() - step
+
+            # COPY under session_replication_role = replica fired no counter triggers.
+            step = time.monotonic()
+            lead_offer_counts_rebuild()
+            timings["lead_offer counters"] = time.monotonic() - step
 
             if report.fk_checks_skipped:
                 cursor.execute("SET LOCAL session_replication_role = origin")

@@ -23,7 +23,7 @@ from converzia.models import Tenant
 from converzia.tests.api_world import bearer_client
 from converzia.tests.factories import StaffUserFactory, TenantMemberFactory
 from leads.funnel import STAGE_KEYS, stage_for_status
-from leads.models import LeadEventType, LeadOffer, LeadOfferStatus
+from leads.models import DisqualificationCategory, LeadEventType, LeadOffer, LeadOfferStatus
 from leads.tests.factories import LeadOfferFactory, OfferFactory
 from portal.stats_view import tenant_local_midnight, tenant_local_today, tenant_stats_refresh
 
@@ -126,6 +126,15 @@ def test_list_stats_funnel_and_sql_agree_for_every_tenant(seeded):
             "statuses"
         ]
         assert sum(stats["disqualification"].values()) == stats["statuses"]["DISQUALIFIED"]
+        # By category, as SQL groups DISQUALIFIED rows (an empty or unknown category is OTHER).
+        sql_categories: Counter[str] = Counter()
+        for category, count in sql_rows(
+            "SELECT disqualification_category, COUNT(*) FROM lead_offers"
+            " WHERE tenant_id = %s AND status = 'DISQUALIFIED' GROUP BY 1",
+            [tenant.pk],
+        ):
+            sql_categories[category if category in DisqualificationCategory.values else "OTHER"] += count
+        assert stats["disqualification"] == {c: sql_categories[c] for c in DisqualificationCategory.values}
         assert sum(offer["total"] for offer in funnel["offers"]) <= funnel["total"]  # unmapped leads aside
 
         # Delivered: the DELIVERY_COMPLETED events of each window, cut at the tenant's local midnight.

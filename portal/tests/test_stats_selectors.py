@@ -220,11 +220,11 @@ def test_days_out_of_range_is_a_programming_error(tenant, days):
 
 
 def test_stats_query_count(dataset, tenant, django_assert_max_num_queries):
-    # lead_offers by status, by category and by window, lead_events, balance, active offers, view
-    # state, trend rows; plus the guard's SET LOCAL and (inside the test's transaction) its savepoint
-    # and limits bookkeeping.
+    # lead_offer counters, lead_offers by window, lead_events, balance, active offers, view state,
+    # trend rows; plus the guard's SET LOCAL and (inside the test's transaction) its savepoint and
+    # limits bookkeeping.
     tenant_stats_refresh()
-    with django_assert_max_num_queries(8 + 5):
+    with django_assert_max_num_queries(7 + 5):
         lead_stats_compute(tenant=tenant)
 
 
@@ -337,9 +337,9 @@ def test_production_query_counts_outside_a_transaction(django_assert_num_queries
     LeadOfferFactory(offer=OfferFactory(tenant=tenant))
     tenant_stats_refresh()
 
-    # lead_offers by status, by category and by window, lead_events, balance, active offers, view
-    # state, trend rows; one guard (BEGIN, SET LOCAL, COMMIT).
-    with django_assert_num_queries(8 + 3):
+    # lead_offer counters, lead_offers by window, lead_events, balance, active offers, view state,
+    # trend rows; one guard (BEGIN, SET LOCAL, COMMIT).
+    with django_assert_num_queries(7 + 3):
         lead_stats_compute(tenant=tenant)
     # offers, grouped aggregate; one guard.
     with django_assert_num_queries(2 + 3):
