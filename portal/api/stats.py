@@ -7,6 +7,7 @@ for platform staff; anyone else gets 403 `forbidden`.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -22,6 +23,14 @@ from portal.api.http_caching import FRESH_PARAM, cached_response, fresh_allowed
 from portal.api.serializers import FunnelStagesSerializer
 from portal.stats import STATS_DAYS_DEFAULT, STATS_DAYS_MAX, funnel_get, lead_stats_get
 
+
+def _as_of(instant: dt.datetime) -> str:
+    return serializers.DateTimeField().to_representation(instant)
+
+
+# The bodies are returned as built, not passed through their OutputSerializer: `*_compute` already
+# yields the documented JSON types and order (the serializers stay as the schema, and a test holds
+# the two byte-equal), and re-serializing ~100 nested fields cost 2–4 ms of a 6 ms cached read.
 _FRESH_HELP = "Bypass the server cache (platform staff only; others get 403 `forbidden`)."
 _STAGE_KEY_HELP = ", ".join(f"{stage.key} ({stage.label})" for stage in FUNNEL_STAGES)
 
@@ -102,12 +111,12 @@ class LeadStatsView(TenantApiView):
         fresh = fresh_allowed(filters.validated_data["fresh"], is_staff=request.user.is_staff)
         read = lead_stats_get(tenant=self.tenant, days=filters.validated_data["days"], fresh=fresh)
         body: dict[str, Any] = {
-            "tenant_id": self.tenant.pk,
-            "as_of": read.as_of,
+            "tenant_id": str(self.tenant.pk),
+            "as_of": _as_of(read.as_of),
             "cached": read.cached,
             **read.value,
         }
-        return cached_response(request, self.OutputSerializer(body).data)
+        return cached_response(request, body)
 
 
 class FunnelStageSerializer(serializers.Serializer):
@@ -175,8 +184,8 @@ class FunnelView(TenantApiView):
             created_to=data.get("created_to"),
             fresh=fresh,
         )
-        body: dict[str, Any] = {"as_of": read.as_of, "cached": read.cached, **read.value}
-        return cached_response(request, self.OutputSerializer(body).data)
+        body: dict[str, Any] = {"as_of": _as_of(read.as_of), "cached": read.cached, **read.value}
+        return cached_response(request, body)
 
 
 lead_stats_view = LeadStatsView.as_view()

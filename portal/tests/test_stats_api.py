@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import orjson
 import pytest
 
 from billing.services import credit_bonus_grant
@@ -15,6 +16,7 @@ from leads.funnel import STAGE_KEYS
 from leads.models import DisqualificationCategory, LeadOfferStatus
 from leads.services import lead_offer_transition
 from leads.tests.factories import LeadOfferFactory, OfferFactory
+from portal.api.stats import FunnelView, LeadStatsView
 from portal.stats import funnel_compute, lead_stats_compute
 from portal.stats_view import tenant_stats_refresh
 
@@ -490,3 +492,21 @@ def test_a_ledger_entry_and_a_delivery_each_make_the_next_read_fresh_and_exact(
     assert after_delivery["cached"] is False
     assert (after_delivery["delivered_today"], after_delivery["stages"]["delivered"]) == (1, 1)
     assert after_delivery["credit_balance"] == 7  # the delivery's one credit
+
+
+@pytest.mark.parametrize(
+    ("path", "view"),
+    [("/api/portal/leads/stats", LeadStatsView), ("/api/portal/funnel", FunnelView)],
+    ids=["stats", "funnel"],
+)
+@pytest.mark.parametrize("with_leads", [True, False], ids=["leads", "empty"])
+def test_bodies_are_byte_equal_to_their_documented_serializer(
+    request, path, view, with_leads, owner, client_for
+):
+    if with_leads:
+        request.getfixturevalue("leads")
+    client = client_for(owner)
+    for _ in range(2):  # computed, then from the cache
+        response = client.get(path)
+        body = response.json()
+        assert response.content == orjson.dumps(dict(view.OutputSerializer(body).data))
