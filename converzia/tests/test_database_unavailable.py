@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import psycopg
 import pytest
-from django.db import DataError, OperationalError, connections
+from django.db import DataError, OperationalError
 
 from converzia.api.exception_handler import database_unreachable
-from converzia.tests.test_health import closed_port
-
-
-@contextmanager
-def _database_down() -> Iterator[None]:
-    """The default connection aimed at a closed port, restored afterwards."""
-    connection = connections["default"]
-    saved = dict(connection.settings_dict)
-    connection.close()
-    connection.settings_dict.update(HOST="127.0.0.1", PORT=str(closed_port()))
-    try:
-        yield
-    finally:
-        connection.close()
-        connection.settings_dict.clear()
-        connection.settings_dict.update(saved)
+from converzia.tests.outages import database_down
 
 
 def _wrapped(cause: Exception, wrapper: type[Exception] = OperationalError) -> Exception:
@@ -57,7 +39,7 @@ def test_an_authenticated_read_with_the_database_down_is_503_with_retry_after(te
     client = client_for(owner)
     assert client.get("/api/portal/leads").status_code == 200
 
-    with _database_down():
+    with database_down():
         response = client.get("/api/portal/leads")
 
     assert response.status_code == 503

@@ -4,13 +4,12 @@ and Redis, and real outages (a closed port for Redis, then for the database)."""
 from __future__ import annotations
 
 import datetime as dt
-import socket
 
 import pytest
-from django.db import connections
 from django.test import override_settings
 
 from converzia.settings.base import cache_settings
+from converzia.tests.outages import closed_port, database_down
 from portal.stats_view import tenant_stats_refresh
 
 pytestmark = pytest.mark.django_db
@@ -18,13 +17,6 @@ pytestmark = pytest.mark.django_db
 CHECKS = {"database", "cache", "queue", "stats_view"}
 # Nothing about configuration may leak from an unauthenticated endpoint.
 FORBIDDEN_TEXT = ("SECRET", "DATABASE_URL", "REDIS_URL", "postgres://", "redis://", "password", "META_")
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def assert_discreet(response) -> None:
@@ -95,16 +87,8 @@ def test_redis_down_is_degraded_but_still_200(api_client):
 @pytest.fixture
 def database_unreachable():
     """Point the default connection at a closed port for the test; restore it after."""
-    connection = connections["default"]
-    saved = dict(connection.settings_dict)
-    connection.close()
-    connection.settings_dict.update(HOST="127.0.0.1", PORT=str(closed_port()))
-    try:
+    with database_down():
         yield
-    finally:
-        connection.close()
-        connection.settings_dict.clear()
-        connection.settings_dict.update(saved)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -5,7 +5,6 @@ Real PostgreSQL and Redis; the outage is the cache pointed at a closed port."""
 from __future__ import annotations
 
 import datetime as dt
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from converzia.principal import MAX_CACHED_MEMBERSHIPS, principal_authenticate
 from converzia.services import api_token_issue, api_token_revoke
 from converzia.tenancy import Permission
 from converzia.tests.factories import StaffUserFactory, TenantFactory, TenantMemberFactory
+from converzia.tests.outages import dead_redis_caches
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 
@@ -394,21 +394,9 @@ def test_session_authentication_does_not_use_the_cache(member):
 # --- Redis unavailable -------------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def dead_redis(settings) -> Iterator[dict[str, Any]]:
-    dead = {
-        "default": {
-            **settings.CACHES["default"],
-            "LOCATION": f"redis://127.0.0.1:{closed_port()}/0",
-            "OPTIONS": {**settings.CACHES["default"]["OPTIONS"], "SOCKET_CONNECT_TIMEOUT": 0.2},
-        }
-    }
+    dead = dead_redis_caches(settings.CACHES)
     yield dead
     cache.close()
 

@@ -10,7 +10,6 @@ still commit and answer as usual.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from pytest_httpserver import HTTPServer
 from converzia import cache as cache_module
 from converzia.metrics import CACHE_REQUESTS
 from converzia.tests.api_world import World, build_world, meta_signature
+from converzia.tests.outages import dead_redis_caches
 from converzia.views import api_not_found
 from leads.models import LeadOffer, LeadOfferStatus
 
@@ -32,26 +32,10 @@ pytestmark = pytest.mark.django_db
 VOLATILE_KEYS = {"as_of", "cached", "time", "latency_ms", "refreshed_at"}
 
 
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def dead_redis(settings) -> Iterator[dict[str, Any]]:
     """Settings that point the cache at a closed port (apply with `settings.CACHES = dead_redis`)."""
-    dead = {
-        "default": {
-            **settings.CACHES["default"],
-            "LOCATION": f"redis://127.0.0.1:{closed_port()}/0",
-            "OPTIONS": {
-                **settings.CACHES["default"]["OPTIONS"],
-                "SOCKET_CONNECT_TIMEOUT": 0.2,
-                "SOCKET_TIMEOUT": 0.2,
-            },
-        }
-    }
+    dead = dead_redis_caches(settings.CACHES)
     yield dead
     cache.close()
 
