@@ -11,17 +11,35 @@ from django.db.models import QuerySet
 from billing.models import CreditLedger, TenantCreditBalance, TenantPricing
 from converzia.models import Tenant
 
-_BALANCE_FIELDS = ("balance", "total_purchased", "total_consumed", "total_refunded")
+_BALANCE_FIELDS = (
+    "balance",
+    "total_purchased",
+    "total_consumed",
+    "total_refunded",
+    "total_bonus",
+    "total_adjusted",
+)
 _PRICING_FIELDS = ("low_credit_threshold", "cost_per_lead", "currency")
 
 
 @dataclass(frozen=True)
 class BalanceSummary:
+    """A tenant's balance with every running total, so the balance reconciles from the totals alone:
+
+        balance == total_purchased - total_consumed + total_refunded + total_bonus + total_adjusted
+
+    One total per ledger transaction type (`billing.services._TOTAL_FIELD`). `total_consumed` counts
+    credits charged (a positive number, subtracted); `total_bonus` includes the trial credits (a
+    CREDIT_BONUS entry described "Trial credits"); `total_adjusted` keeps its sign.
+    """
+
     balance: int
     low_credit_threshold: int
     total_purchased: int
     total_consumed: int
     total_refunded: int
+    total_bonus: int
+    total_adjusted: int
     cost_per_lead: Decimal
     currency: str
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from decimal import Decimal
 
@@ -12,6 +13,7 @@ from django.utils import timezone
 from billing.models import CreditLedger, CreditTransactionType
 from billing.selectors import BalanceSummary, balance_summary_get, ledger_list
 from billing.services import (
+    _TOTAL_FIELD,
     credit_adjust,
     credit_bonus_grant,
     credit_consume,
@@ -39,6 +41,8 @@ def test_summary_of_a_tenant_without_balance_or_pricing_rows(django_assert_num_q
         total_purchased=0,
         total_consumed=0,
         total_refunded=0,
+        total_bonus=0,
+        total_adjusted=0,
         cost_per_lead=Decimal("10.00"),
         currency="USD",
     )
@@ -65,9 +69,16 @@ def test_summary_reads_the_balance_row_and_the_pricing_row():
         total_purchased=10,
         total_consumed=3,
         total_refunded=1,
+        total_bonus=3,
+        total_adjusted=-2,
         cost_per_lead=Decimal("12.50"),
         currency="ARS",
     )
+
+
+def test_summary_carries_every_running_total_so_the_balance_reconciles():
+    # A total left out of the summary is a balance the tenant cannot add up (issue 14.6).
+    assert set(_TOTAL_FIELD.values()) <= {field.name for field in dataclasses.fields(BalanceSummary)}
 
 
 def test_ledger_list_is_the_tenants_entries_newest_first_with_ties_broken_by_id():

@@ -20,18 +20,46 @@ from converzia.tenancy import Permission
 
 
 class BillingBalanceView(TenantApiView):
-    """The tenant's credit balance, running totals and price per delivered lead."""
+    """The tenant's credit balance, running totals and price per delivered lead.
+
+    One total per ledger transaction type, so the balance reconciles from the body alone:
+    `balance = total_purchased - total_consumed + total_refunded + total_bonus + total_adjusted`.
+    """
 
     required_permission = Permission.VIEW_BILLING
 
     class OutputSerializer(serializers.Serializer):
-        balance = serializers.IntegerField(help_text="Credits available now.")
+        balance = serializers.IntegerField(
+            help_text=(
+                "Credits available now. Always equals total_purchased - total_consumed + total_refunded"
+                " + total_bonus + total_adjusted (and the sum of every ledger amount)."
+            )
+        )
         low_credit_threshold = serializers.IntegerField(
             help_text="A low-credit alert is raised when the balance falls below this."
         )
-        total_purchased = serializers.IntegerField(help_text="Credits bought, ever.")
-        total_consumed = serializers.IntegerField(help_text="Credits charged for delivered leads, ever.")
-        total_refunded = serializers.IntegerField(help_text="Credits given back for refunded deliveries.")
+        total_purchased = serializers.IntegerField(help_text="Credits bought, ever (CREDIT_PURCHASE).")
+        total_consumed = serializers.IntegerField(
+            help_text=(
+                "Credits charged for delivered leads, ever (CREDIT_CONSUMPTION), as a positive count:"
+                " subtract it."
+            )
+        )
+        total_refunded = serializers.IntegerField(
+            help_text="Credits given back for refunded deliveries, ever (CREDIT_REFUND)."
+        )
+        total_bonus = serializers.IntegerField(
+            help_text=(
+                "Free credits, ever (CREDIT_BONUS): bonuses and the one-time trial credits, which are a"
+                ' CREDIT_BONUS ledger entry described "Trial credits".'
+            )
+        )
+        total_adjusted = serializers.IntegerField(
+            help_text=(
+                "Net staff corrections, ever (CREDIT_ADJUSTMENT, signed): negative when more credits"
+                " were removed than added."
+            )
+        )
         cost_per_lead = serializers.DecimalField(
             max_digits=10, decimal_places=2, help_text="Price of one delivered lead, as a decimal string."
         )

@@ -10,17 +10,20 @@ from django.utils import timezone
 
 from billing.models import CreditLedger, CreditTransactionType
 from billing.services import (
+    _TOTAL_FIELD,
     credit_adjust,
     credit_bonus_grant,
     credit_consume,
     credit_purchase_record,
     credit_refund,
+    trial_credits_grant,
 )
 from billing.tests.factories import TenantPricingFactory
 from converzia.models import MembershipStatus, TenantRole
 from converzia.tests.factories import StaffUserFactory, TenantMemberFactory, UserFactory
 from deliveries.tests.factories import DeliveryFactory
 from leads.tests.factories import OfferFactory
+from portal.api.billing import BillingBalanceView
 
 pytestmark = pytest.mark.django_db
 T = CreditTransactionType
@@ -75,9 +78,42 @@ def test_balance_of_a_tenant_with_history(tenant, owner, client_for):
         "total_purchased": 10,
         "total_consumed": 1,
         "total_refunded": 1,
+        "total_bonus": 0,
+        "total_adjusted": -2,
         "cost_per_lead": "12.50",
         "currency": "USD",
     }
+
+
+def test_balance_lists_trial_bonus_and_adjustment_totals_so_it_reconciles(tenant, owner, client_for):
+    # Issue 14.6: trial and bonus credits were in the balance but in none of the listed totals.
+    deliveries = DeliveryFactory.create_batch(3, lead_offer__offer=OfferFactory(tenant=tenant))
+    trial_credits_grant(tenant=tenant, amount=5)
+    credit_purchase_record(tenant=tenant, credits=10, total=Decimal("80"))
+    credit_bonus_grant(tenant=tenant, amount=2, reason="welcome")
+    for delivery in deliveries:
+        credit_consume(tenant_id=tenant.pk, delivery_id=delivery.pk, lead_offer_id=delivery.lead_offer_id)
+    credit_refund(tenant_id=tenant.pk, delivery_id=deliveries[0].pk, reason="spam")
+    staff = StaffUserFactory()
+    credit_adjust(tenant=tenant, amount=4, reason="goodwill", actor=staff)
+    credit_adjust(tenant=tenant, amount=-1, reason="correction", actor=staff)
+
+    body = client_for(owner).get(BALANCE_URL).json()
+
+    totals = {name: body[name] for name in body if name.startswith("total_")}
+    assert totals == {
+        "total_purchased": 10,
+        "total_consumed": 3,
+        "total_refunded": 1,
+        "total_bonus": 7,  # the 5 trial credits and the 2 bonus credits
+        "total_adjusted": 3,
+    }
+    assert body["balance"] == 18 == 10 - 3 + 1 + 7 + 3
+
+
+def test_balance_body_lists_every_running_total_the_ledger_keeps():
+    # A total missing from the body is a balance the tenant cannot add up.
+    assert set(_TOTAL_FIELD.values()) <= set(BillingBalanceView.OutputSerializer().fields)
 
 
 def test_balance_of_a_new_tenant_reads_zeros_and_default_pricing(tenant, owner, client_for):
@@ -90,6 +126,8 @@ def test_balance_of_a_new_tenant_reads_zeros_and_default_pricing(tenant, owner, 
         "total_purchased": 0,
         "total_consumed": 0,
         "total_refunded": 0,
+        "total_bonus": 0,
+        "total_adjusted": 0,
         "cost_per_lead": "10.00",
         "currency": "USD",
     }
