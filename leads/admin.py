@@ -38,9 +38,11 @@ from converzia.admin_tools import (
     limited_inline_formset,
     run_for_each,
 )
+from converzia.models import Tenant
 from leads.errors import InvalidPhone
 from leads.forms import AdOfferMapAdminForm, LeadAdminForm, LeadOfferTransitionForm
-from leads.ingestion import inbox_changes_requeue, inbox_events_requeue
+from leads.ingestion import inbox_changes_requeue, inbox_changes_routed_tenants, inbox_events_requeue
+from leads.meta import page_access_token_configured
 from leads.models import (
     ActorType,
     AdOfferMap,
@@ -565,7 +567,10 @@ class InboxErrorFilter(admin.SimpleListFilter):
         "phone": ("No usable phone", Q(last_error__startswith="No usable phone")),
         "mapping": ("No ad mapping", Q(last_error__startswith="No active ad mapping")),
         "organic": ("No ad id", Q(last_error__startswith="The change has no ad_id")),
-        "token": ("Access token missing", Q(last_error__startswith="META_PAGE_ACCESS_TOKEN")),
+        "token": (
+            "Access token missing or rejected",
+            Q(last_error__startswith="META_PAGE_ACCESS_TOKEN"),
+        ),
         "none": ("No error", Q(last_error="")),
     }
 
@@ -595,6 +600,16 @@ class InboxDisplayMixin:
     # Reprocessing is an operational action, not an edit: allowed to whoever may view the inbox.
     def has_reprocess_permission(self, request: HttpRequest) -> bool:
         return self.has_view_permission(request)  # type: ignore[attr-defined]
+
+    def warn_if_token_missing(self, request: HttpRequest) -> None:
+        # Requeued changes that need a Graph fetch would only be parked again.
+        if not page_access_token_configured():
+            self.message_user(  # type: ignore[attr-defined]
+                request,
+                "META_PAGE_ACCESS_TOKEN is not configured here: changes that need a Graph fetch "
+                "will be parked again until it is set.",
+                messages.WARNING,
+            )
 
 
 class InboxChangeOfEventInline(InboxDisplayMixin, ViewOnlyInlineMixin, admin.TabularInline):
@@ -651,6 +666,7 @@ class InboxEventAdmin(InboxDisplayMixin, ViewOnlyMixin, ExactSearchMixin, FastMo
         events = action_objects(self, request, queryset)
         if events is None:
             return
+        self.warn_if_token_missing(request)
         requeued = inbox_events_requeue([event.pk for event in events])
         self.message_user(
             request,
@@ -669,7 +685,7 @@ class InboxChangeAdmin(InboxDisplayMixin, ViewOnlyMixin, ExactSearchMixin, FastM
         "leadgen_id",
         "ad_id",
         "status",
-        "tenant",
+        "tenant_routed",
         "attempts",
         "short_error",
         "event_link",
@@ -695,7 +711,7 @@ class InboxChangeAdmin(InboxDisplayMixin, ViewOnlyMixin, ExactSearchMixin, FastM
         "ad_id",
         "adgroup_id",
         "submitted_at",
-        "tenant",
+        "tenant_routed",
         "lead_offer_link",
         "attempts",
         "last_error",
@@ -705,6 +721,28 @@ class InboxChangeAdmin(InboxDisplayMixin, ViewOnlyMixin, ExactSearchMixin, FastM
     )
     readonly_fields = fields
     actions = ("reprocess",)
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        # Resolve the page's tenants in one query (the page is evaluated here and cached for the
+        # template). Not a Subquery annotation: the paginator's bounded count would run it per row.
+        tenants = inbox_changes_routed_tenants(changelist.result_list)
+        for change in changelist.result_list:
+            change.routed_tenant = tenants.get(change.pk)
+        return changelist
+
+    @admin.display(description="tenant")
+    def tenant_routed(self, obj: InboxChange) -> str:
+        """The stored tenant, linked; before a job stores it, the ad mapping's (marked as such)."""
+        if not hasattr(obj, "routed_tenant"):
+            # The change page: a single object, so one lookup.
+            obj.routed_tenant = inbox_changes_routed_tenants([obj]).get(obj.pk)
+        tenant = obj.routed_tenant
+        if tenant is None:
+            return "-"
+        if obj.tenant_id is not None:
+            return admin_change_link(Tenant, tenant.pk, tenant.name)
+        return format_html("{} (by ad mapping)", admin_change_link(Tenant, tenant.pk, tenant.name))
 
     @admin.display(description="event")
     def event_link(self, obj: InboxChange) -> str:
@@ -724,6 +762,7 @@ class InboxChangeAdmin(InboxDisplayMixin, ViewOnlyMixin, ExactSearchMixin, FastM
         changes = action_objects(self, request, queryset)
         if changes is None:
             return
+        self.warn_if_token_missing(request)
         requeued = inbox_changes_requeue(changes)
         skipped = len(changes) - requeued
         message = f"{requeued} change(s) queued for processing."

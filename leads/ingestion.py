@@ -36,6 +36,7 @@ from converzia.cache import invalidate_tenant
 from converzia.db.timeouts import guarded
 from converzia.jobs import DATABASE_TRANSIENT_ERRORS
 from converzia.metrics import INBOX_CHANGES
+from converzia.models import Tenant
 from converzia.request_context import current_trace_id, request_id_var
 from leads import meta
 from leads.errors import InvalidPhone
@@ -370,6 +371,7 @@ def _events_process(events: dict[int, _EventRow], *, final_attempt: bool) -> dic
     ]
     fetched = _graph_fetch_all(to_fetch)
     loaded: dict[int, int] = dict.fromkeys(events, 0)
+    token_failures: list[InboxChange] = []
     for change in changes:
         loaded[change.event_id] += 1
         event = events[change.event_id]
@@ -394,6 +396,10 @@ def _events_process(events: dict[int, _EventRow], *, final_attempt: bool) -> dic
         outcome.count(status)
         if status == InboxChangeStatus.PENDING:
             outcome.retry_later = True
+        elif status == InboxChangeStatus.FAILED and _token_error(fetched.get(change.pk)) is not None:
+            token_failures.append(change)
+    if token_failures:
+        _log_token_failures(token_failures, fetched)
     # On an event's first pass every change was pending, so this run's outcome is the whole event's.
     _inbox_events_settle(
         [
@@ -402,6 +408,27 @@ def _events_process(events: dict[int, _EventRow], *, final_attempt: bool) -> dic
         ]
     )
     return outcomes
+
+
+def _token_error(fetched: _Fetched | None) -> meta.GraphTokenError | None:
+    error = fetched.error if fetched is not None else None
+    return error if isinstance(error, meta.GraphTokenError) else None
+
+
+def _log_token_failures(changes: list[InboxChange], fetched: dict[int, _Fetched]) -> None:
+    """One ERROR per batch for a missing or rejected page token (the cause is the same for every
+    change; a line per change would bury it), instead of each change's own warning."""
+    error = _token_error(fetched.get(changes[0].pk))
+    logger.error(
+        "%d leadgen change(s) parked as FAILED: %s",
+        len(changes),
+        error,
+        extra={
+            "outcome": InboxChangeStatus.FAILED,
+            "reason": "graph_token",
+            "inbox_change_ids": [change.pk for change in changes],
+        },
+    )
 
 
 def _active_routes(ad_ids: Iterable[str]) -> dict[str, AdOfferMap]:
@@ -414,6 +441,29 @@ def _active_routes(ad_ids: Iterable[str]) -> dict[str, AdOfferMap]:
         .only("ad_id", "tenant_id", "offer_id", "tenant__duplicate_window_days")
     )
     return {mapping.ad_id: mapping for mapping in mappings}
+
+
+def inbox_changes_routed_tenants(changes: Iterable[InboxChange]) -> dict[int, Tenant]:
+    """The tenant each change belongs to: the one stored when a job routed it, else (not fetched or
+    routed yet) the one its ad's active mapping names, as routing would find it. One query for all
+    the changes without a stored tenant (the admin's page of changes); changes with neither are left
+    out. Stored tenants must be loaded with the changes (`select_related("tenant")`)."""
+    changes = list(changes)
+    unrouted_ads = {change.ad_id for change in changes if change.tenant_id is None and change.ad_id}
+    by_ad: dict[str, Tenant] = {}
+    if unrouted_ads:
+        mappings = (
+            AdOfferMap.objects.filter(ad_id__in=unrouted_ads, is_active=True)
+            .select_related("tenant")
+            .only("ad_id", "tenant__id", "tenant__name")
+        )
+        by_ad = {mapping.ad_id: mapping.tenant for mapping in mappings}
+    tenants: dict[int, Tenant] = {}
+    for change in changes:
+        tenant = change.tenant if change.tenant_id is not None else by_ad.get(change.ad_id)
+        if tenant is not None:
+            tenants[change.pk] = tenant
+    return tenants
 
 
 def _already_ingested(
@@ -516,9 +566,18 @@ def _change_ingest_locked(
             return _change_settle(
                 change,
                 InboxChangeStatus.PENDING,
+                tenant_id=route.tenant_id,
                 error=str(error or "The Graph lead is fetched on the retry."),
             )
-        return _change_settle(change, InboxChangeStatus.FAILED, tenant_id=route.tenant_id, error=str(error))
+        # A token error (missing or rejected) is parked at once too: it is not transient, and retries
+        # would only burn attempts until staff fix the setting and requeue. Logged once per batch.
+        return _change_settle(
+            change,
+            InboxChangeStatus.FAILED,
+            tenant_id=route.tenant_id,
+            error=str(error),
+            log=not isinstance(error, meta.GraphTokenError),
+        )
     graph_lead = fetched.lead or {}
     if not isinstance(graph_lead.get("field_data"), list):
         return _change_settle(
@@ -594,6 +653,7 @@ def _change_settle(
     error: str = "",
     tenant_id: uuid.UUID | None = None,
     lead_offer_id: uuid.UUID | None = None,
+    log: bool = True,
 ) -> str:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -608,7 +668,7 @@ def _change_settle(
             },
         )
     INBOX_CHANGES.labels(status).inc()
-    if status in InboxChangeStatus.parked() or status == InboxChangeStatus.PENDING:
+    if log and (status in InboxChangeStatus.parked() or status == InboxChangeStatus.PENDING):
         logger.warning(
             "leadgen %s %s: %s",
             change.leadgen_id,

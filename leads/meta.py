@@ -182,6 +182,11 @@ def leadgen_changes(payload: object, *, max_changes: int | None = None) -> list[
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 80001, 80004, 613})
 
 
+# Meta's "get a new access token" codes (API Session, expired or invalid token): no call with this
+# token can succeed, whatever the lead.
+TOKEN_ERROR_CODES = frozenset({102, 190})
+
+
 class GraphError(Exception):
     """A Graph call failed. `transient` errors are retried; the others park the change."""
 
@@ -189,6 +194,18 @@ class GraphError(Exception):
         super().__init__(message)
         self.transient = transient
         self.status = status
+
+
+class GraphTokenError(GraphError):
+    """The page access token is missing or Graph rejected it: a configuration error. Never transient:
+    retries would fail the same way until staff fix the token, so the change is parked at once."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, transient=False, status=status)
+
+
+def page_access_token_configured() -> bool:
+    return bool(settings.META_PAGE_ACCESS_TOKEN)
 
 
 # `access_token=<value>` inside any text (a URL, a log line, an upstream's error message).
@@ -238,8 +255,7 @@ def graph_lead_fetch(
     (httpx error messages carry the URL, so they are replaced by our own)."""
     token = settings.META_PAGE_ACCESS_TOKEN if access_token is None else access_token
     if not token:
-        # Transient: once the token is configured, the queued retries recover on their own.
-        raise GraphError("META_PAGE_ACCESS_TOKEN is not configured.", transient=True)
+        raise GraphTokenError("META_PAGE_ACCESS_TOKEN is not configured: set it and requeue.")
     try:
         response = client.get(leadgen_id, params={"access_token": token})
     except httpx.TimeoutException:
@@ -254,6 +270,8 @@ def graph_lead_fetch(
     if status >= 400 or not isinstance(body, dict):
         error = (body or {}).get("error") if isinstance(body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
+        # Only a number is one of Meta's codes (and a list or object would not even be hashable).
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = error.get("message", "") if isinstance(error, dict) else ""
         transient = (
             status >= 500
@@ -262,9 +280,18 @@ def graph_lead_fetch(
             or bool(isinstance(error, dict) and error.get("is_transient"))
         )
         detail = f"Graph API answered {status}" + (f" (code {code})" if code is not None else "")
+        # Our text is stored and logged: an upstream that quotes the request must not leak the token.
+        message = _redact_token(str(message), token)[:200] if message else ""
+        if code in TOKEN_ERROR_CODES:
+            # Starts with the setting's name, like the missing-token error (the admin filters on it).
+            raise GraphTokenError(
+                f"META_PAGE_ACCESS_TOKEN was rejected ({detail}"
+                + (f": {message.rstrip('.')}" if message else "")
+                + "): replace it and requeue.",
+                status=status,
+            )
         if message:
-            # Our text is stored and logged: an upstream that quotes the request must not leak the token.
-            detail += f": {_redact_token(str(message), token)[:200]}"
+            detail += f": {message}"
         raise GraphError(detail, transient=transient, status=status)
     return body
 

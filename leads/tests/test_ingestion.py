@@ -4,6 +4,7 @@ lead_offers. `leads.ingestion` is called directly; the Meta Graph API is a real 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from datetime import timedelta
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.urls import reverse
 from django.utils import timezone
 from procrastinate.jobs import Job
 from pytest_httpserver import HTTPServer
@@ -19,6 +21,7 @@ from werkzeug import Request, Response
 from converzia.cache import tenant_version
 from converzia.request_context import request_id_var
 from converzia.tests.factories import TenantFactory
+from converzia.tests.test_admin import messages_of, post_action
 from leads import meta
 from leads.ingestion import (
     DRAIN_BATCH_EVENTS,
@@ -962,19 +965,106 @@ def test_a_cooling_lead_that_comes_back_counts_a_reactivation(graph, tenant, off
     assert (existing.status, existing.reactivation_count) == (S.REACTIVATION, 2)
 
 
-def test_a_missing_access_token_waits_for_configuration_then_recovers(graph, settings, mapping):
+# --- A missing or rejected access token: a configuration error, parked for staff at once --------------------
+
+MISSING_TOKEN = "META_PAGE_ACCESS_TOKEN is not configured: set it and requeue."
+
+
+def retry_jobs() -> int:
+    """Every per-event job queued: the retries (or requeues) of any event."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'leads.process_inbox_event'"
+        )
+        return cursor.fetchone()[0]
+
+
+def ingestion_records(caplog) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "leads.ingestion"]
+
+
+def test_a_missing_access_token_parks_the_changes_at_once_with_no_retry(
+    graph, settings, tenant, mapping, caplog
+):
     settings.META_PAGE_ACCESS_TOKEN = ""
-    event = store(payload(leadgen("9003")))
+    event = store(payload(leadgen("9003"), leadgen("9004")))
+    caplog.set_level(logging.WARNING, logger="leads.ingestion")
 
-    with pytest.raises(InboxRetryLater):
-        process(event)
+    report = drain()
+
+    # The drain's first pass settles it: no retry job, no backoff spent on a setting.
+    assert (report.events, report.changes, report.retries) == (1, 2, 0)
+    assert retry_jobs() == 0
+    event.refresh_from_db()
+    assert (event.status, event.last_error, event.attempts) == (InboxEventStatus.PARKED, MISSING_TOKEN, 1)
+    assert [(c.status, c.last_error, c.attempts, c.tenant_id) for c in changes_of(event)] == [
+        (C.FAILED, MISSING_TOKEN, 1, tenant.pk),
+        (C.FAILED, MISSING_TOKEN, 1, tenant.pk),
+    ]
+    assert all(change.processed_at is not None for change in changes_of(event))
+    assert graph.calls("9003") == graph.calls("9004") == 0
+    assert nothing_created()
+    # One line for the batch, with the cause, rather than one per change.
+    assert ingestion_records(caplog) == [
+        (logging.ERROR, f"2 leadgen change(s) parked as FAILED: {MISSING_TOKEN}")
+    ]
+    # Later drains and the sweep leave it alone: it waits for staff.
+    assert drain().events == 0
+    assert inbox_stale_sweep(older_than_s=0) == 0
+
+
+def test_a_token_graph_rejects_stops_an_events_retries(graph, settings, tenant, mapping):
+    # The case seen in production: an event retrying a Graph outage keeps failing on the token.
+    graph.answer("9005", (503, {"error": {"message": "Service unavailable", "code": 2}}))
+    event = store(payload(leadgen("9005")))
+    assert drain().retries == 1
+    # Routed: its tenant is stored while it waits for the retry (the inbox shows it).
+    assert [(c.status, c.tenant_id) for c in changes_of(event)] == [(C.PENDING, tenant.pk)]
+    settings.META_PAGE_ACCESS_TOKEN = "revoked-token"  # the stub answers Meta's code 190 to it
+
+    # The retry job's next run ends it (no InboxRetryLater: no further attempt is scheduled).
+    assert process(event) == {C.FAILED: 1}
+
     (change,) = changes_of(event)
-    assert (change.status, change.last_error) == (C.PENDING, "META_PAGE_ACCESS_TOKEN is not configured.")
-    assert graph.calls("9003") == 0
+    expected = (
+        "META_PAGE_ACCESS_TOKEN was rejected (Graph API answered 400 (code 190): Invalid OAuth access"
+        " token): replace it and requeue."
+    )
+    assert (change.status, change.last_error, change.attempts) == (C.FAILED, expected, 2)
+    assert (event.status, event.last_error) == (InboxEventStatus.PARKED, expected)
+    assert "revoked-token" not in change.last_error
 
+
+def test_a_change_parked_for_the_token_is_ingested_once_staff_set_it_and_reprocess(
+    graph, settings, tenant, mapping, admin_client
+):
+    settings.META_PAGE_ACCESS_TOKEN = ""
+    event = store(payload(leadgen("9006")))
+    drain()
+    (change,) = changes_of(event)
+    assert change.status == C.FAILED
+
+    # Configured now; staff use the inbox's "Reprocess" action.
     settings.META_PAGE_ACCESS_TOKEN = TOKEN
-    graph.lead("9003", ("phone_number", PHONE))
+    graph.lead("9006", ("phone_number", PHONE))
+    response = post_action(
+        admin_client, reverse("admin:leads_inboxchange_changelist"), "reprocess", [change.pk]
+    )
+
+    assert messages_of(response) == ["1 change(s) queued for processing."]
+    assert jobs_of(event) == [("todo", "leads.process_inbox_event", {"event_id": event.pk})]
+    # What that job runs.
     assert process(event) == {C.PROCESSED: 1}
+    assert (event.status, event.last_error) == (InboxEventStatus.DONE, "")
+    change.refresh_from_db()
+    assert (change.status, change.last_error) == (C.PROCESSED, "")
+    lead_offer = LeadOffer.objects.get()
+    assert (change.lead_offer_id, lead_offer.tenant_id, lead_offer.lead.phone) == (
+        lead_offer.pk,
+        tenant.pk,
+        PHONE,
+    )
+    assert graph.calls("9006") == 1
 
 
 # --- Drains: many events per job ----------------------------------------------------------------------------

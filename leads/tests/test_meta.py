@@ -209,15 +209,52 @@ def test_fetch_with_an_explicit_token_uses_it(graph, httpserver):
     assert meta.graph_lead_fetch(graph, LEADGEN_ID, access_token="other") == {"id": LEADGEN_ID}
 
 
-def test_fetch_without_a_token_is_a_transient_error_and_sends_nothing(graph, httpserver, settings):
-    """Transient: the queued retries recover once staff configure the token."""
+def test_fetch_without_a_token_is_a_configuration_error_and_sends_nothing(graph, httpserver, settings):
+    """Not transient: retries cannot succeed until staff set the token (then they requeue)."""
     settings.META_PAGE_ACCESS_TOKEN = ""
 
     error = graph_error(graph)
 
-    assert error.transient
-    assert "META_PAGE_ACCESS_TOKEN" in str(error)
+    assert isinstance(error, meta.GraphTokenError)
+    assert (error.transient, error.status) == (False, None)
+    assert str(error) == "META_PAGE_ACCESS_TOKEN is not configured: set it and requeue."
     assert httpserver.log == []
+    assert not meta.page_access_token_configured()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        pytest.param(
+            400,
+            {"error": {"message": "Error validating access token", "type": "OAuthException", "code": 190}},
+            "META_PAGE_ACCESS_TOKEN was rejected (Graph API answered 400 (code 190): Error validating"
+            " access token): replace it and requeue.",
+            id="invalid_case",
+        ),
+        pytest.param(
+            401,
+            {"error": {"message": "Invalid OAuth access token.", "code": 190, "error_subcode": 463}},
+            "META_PAGE_ACCESS_TOKEN was rejected (Graph API answered 401 (code 190): Invalid OAuth"
+            " access token): replace it and requeue.",
+            id="expired_case",
+        ),
+        pytest.param(
+            400,
+            {"error": {"type": "OAuthException", "code": 102}},
+            "META_PAGE_ACCESS_TOKEN was rejected (Graph API answered 400 (code 102)):"
+            " replace it and requeue.",
+            id="session_case",
+        ),
+    ],
+)
+def test_a_token_graph_rejects_is_a_configuration_error(graph, httpserver, status, body, expected):
+    httpserver.expect_request(f"/{LEADGEN_ID}").respond_with_json(body, status=status)
+
+    error = graph_error(graph)
+
+    assert isinstance(error, meta.GraphTokenError)
+    assert (error.transient, error.status, str(error)) == (False, status, expected)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
@@ -276,16 +313,12 @@ def test_an_error_meta_marks_transient_is_transient(graph, httpserver):
             "Graph API answered 400 (code 100): Unsupported get request.",
         ),
         (
-            400,
-            {"error": {"message": "Error validating access token", "type": "OAuthException", "code": 190}},
-            "Graph API answered 400 (code 190): Error validating access token",
-        ),
-        (
-            401,
-            {"error": {"message": "Invalid OAuth access token", "code": 190, "error_subcode": 463}},
-            "Graph API answered 401 (code 190): Invalid OAuth access token",
+            403,
+            {"error": {"message": "(#200) Requires pages_manage_ads permission", "code": 200}},
+            "Graph API answered 403 (code 200): (#200) Requires pages_manage_ads permission",
         ),
         (404, {"error": {"message": "Not found"}}, "Graph API answered 404: Not found"),
+        (400, {"error": {"message": "Odd", "code": [190]}}, "Graph API answered 400: Odd"),
         (403, {"unexpected": True}, "Graph API answered 403"),
     ],
 )
@@ -295,6 +328,7 @@ def test_client_errors_are_permanent(graph, httpserver, status, body, expected):
     error = graph_error(graph)
 
     assert (error.transient, error.status, str(error)) == (False, status, expected)
+    assert not isinstance(error, meta.GraphTokenError)
 
 
 def test_a_long_meta_message_is_cut(graph, httpserver):
@@ -395,14 +429,14 @@ def test_the_token_never_reaches_the_logs_on_success(graph, httpserver, every_lo
     assert TOKEN not in logged_text(every_log_record)
 
 
-@pytest.mark.parametrize("status", [400, 500])
+@pytest.mark.parametrize(("status", "code"), [(400, 100), (500, 100), (400, 190)])
 def test_the_token_never_reaches_logs_or_errors_even_when_graph_echoes_it(
-    graph, httpserver, every_log_record, status
+    graph, httpserver, every_log_record, status, code
 ):
     def echo(request: Request) -> Response:
         # Some upstreams quote the request back; the token must still not come out of our side.
         message = f"Bad request to {request.full_path} with token {request.args['access_token']}"
-        return Response(json.dumps({"error": {"message": message, "code": 100}}), status=status)
+        return Response(json.dumps({"error": {"message": message, "code": code}}), status=status)
 
     httpserver.expect_request(f"/{LEADGEN_ID}").respond_with_handler(echo)
 
