@@ -1,5 +1,6 @@
 # Developer and CI commands. `make help` lists them; docs/development.md explains them.
-# Every target creates the virtualenv and installs requirements.txt first when needed.
+# Every target creates the virtualenv first when needed; `make run` installs requirements.txt (what
+# serving needs), the test, lint and load targets requirements-dev.txt on top.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -7,8 +8,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Touched after a successful install; reinstall when requirements.txt is newer.
+# Touched after a successful install; reinstall when the requirements file is newer.
 INSTALLED := $(VENV)/.requirements-installed
+DEV_INSTALLED := $(VENV)/.requirements-dev-installed
 
 PYTEST_ARGS ?=
 LOAD_USERS ?= 20
@@ -16,11 +18,13 @@ LOAD_SPAWN_RATE ?= 5
 LOAD_TIME ?= 30s
 LOAD_HOST ?=
 
-.PHONY: help install install-otel run test lint format migrations-check load reset test-env
+.PHONY: help install install-dev install-otel run test-lead test lint format migrations-check load reset test-env
 
 help:
 	@echo "make run               start the stack (embedded PostgreSQL/Valkey unless DATABASE_URL/REDIS_URL are set)"
+	@echo "make test-lead         send a signed Meta test lead into the running make run, follow it to the portal"
 	@echo "make test              run the test suite (PYTEST_ARGS='-k ... --create-db' to pass options)"
+	@echo "make install-dev       add the test, lint and load packages (requirements-dev.txt)"
 	@echo "make install-otel      add the optional OpenTelemetry packages (requirements-otel.txt)"
 	@echo "make lint              ruff check + ruff format --check"
 	@echo "make format            ruff format + ruff check --fix"
@@ -38,6 +42,12 @@ $(INSTALLED): requirements.txt | $(PY)
 
 install: $(INSTALLED)
 
+$(DEV_INSTALLED): requirements-dev.txt $(INSTALLED)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+install-dev: $(DEV_INSTALLED)
+
 # The optional OpenTelemetry extra (docs/observability.md); `make test` installs it so its tests run.
 OTEL_INSTALLED := $(VENV)/.requirements-otel-installed
 
@@ -50,17 +60,22 @@ install-otel: $(OTEL_INSTALLED)
 run: $(INSTALLED)
 	$(PY) -m converzia.devstack run
 
-test: $(INSTALLED) $(OTEL_INSTALLED)
+# A signed Meta lead into the running `make run` (TEST_LEAD_ARGS='--count 5' for more).
+TEST_LEAD_ARGS ?=
+test-lead: $(INSTALLED)
+	$(PY) -m converzia.devstack test-lead -- $(TEST_LEAD_ARGS)
+
+test: $(DEV_INSTALLED) $(OTEL_INSTALLED)
 	$(PY) -m converzia.devstack test -- $(PYTEST_ARGS)
 
 test-env: $(INSTALLED)
 	@$(PY) -m converzia.devstack test-env
 
-lint: $(INSTALLED)
+lint: $(DEV_INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(INSTALLED)
+format: $(DEV_INSTALLED)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
@@ -69,7 +84,7 @@ migrations-check: $(INSTALLED)
 	$(PY) -m converzia.devstack exec -- $(PY) manage.py makemigrations --check --dry-run
 
 # Against LOAD_HOST, else the running `make run` (whatever port it picked), else http://127.0.0.1:8000.
-load: $(INSTALLED)
+load: $(DEV_INSTALLED)
 	@mkdir -p reports
 	host="$(LOAD_HOST)"; \
 	if [ -z "$$host" ]; then host="$$($(PY) -m converzia.devstack url 2>/dev/null || echo http://127.0.0.1:8000)"; fi; \

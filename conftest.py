@@ -71,3 +71,25 @@ def client_for():
         return client
 
     return build
+
+
+@pytest.fixture(scope="session")
+def _server_preloads_pg_stat_statements(django_db_setup, django_db_blocker) -> bool:
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('shared_preload_libraries')")
+        loaded = {name.strip().strip('"') for name in cursor.fetchone()[0].split(",")}
+    return "pg_stat_statements" in loaded
+
+
+@pytest.fixture
+def needs_pg_stat_statements(_server_preloads_pg_stat_statements) -> None:
+    """For tests that read pg_stat_statements. `make test` picks a server that preloads it (the
+    embedded one when the local server does not); only an explicit DATABASE_URL without the preload
+    gets here, and then the skip says why."""
+    if not _server_preloads_pg_stat_statements:
+        pytest.skip(
+            "this DATABASE_URL's server does not preload pg_stat_statements "
+            "(shared_preload_libraries); unset DATABASE_URL and `make test` uses one that does"
+        )

@@ -5,6 +5,7 @@
     python -m converzia.devstack exec -- CMD ...     # CMD with the same servers as the tests
     python -m converzia.devstack test-env            # which servers the tests would use, as exports
     python -m converzia.devstack url                 # the running `make run`'s address (make load)
+    python -m converzia.devstack test-lead [ARGS]    # make test-lead: a signed Meta lead into `make run`
     python -m converzia.devstack reset               # stop leftovers and delete the data directory
 
 `run` uses DATABASE_URL / REDIS_URL when set and embedded servers (data in .data/) otherwise. The
@@ -35,17 +36,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from converzia.devstack_servers import (
     LOOPBACK,
+    PRELOADED_LIBRARY,
     EmbeddedPostgres,
     EmbeddedValkey,
     ServerError,
     die_with_parent,
     ensure_database,
     find_free_port,
+    postgres_preloads,
     process_is_alive,
     redis_ping,
     say,
     stop_process,
 )
+from converzia.settings.dev_defaults import DEV_META_APP_SECRET, DEV_META_WEBHOOK_VERIFY_TOKEN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / ".data"
@@ -58,12 +62,22 @@ RUN_SETTINGS = "converzia.settings.local"
 # Serves /static/ (admin, drf-spectacular-sidecar) from the app directories, as runserver does.
 WSGI_APPLICATION = "converzia.devstack_wsgi:application"
 DEFAULT_WEB_PORT = 8000
+DEFAULT_GRAPH_PORT = 18765
+# The running stack's manage.py environment (`make test-lead`), beside STATE_FILE; owner-only.
+RUN_ENVIRONMENT_FILE = "devstack-env.json"
 HEALTH_PATH = "/api/health/live"
 # gunicorn hooks for Prometheus multiprocess mode; the directory the web and worker processes share.
 GUNICORN_CONFIG = "python:converzia.gunicorn_conf"
 PROMETHEUS_DIR = "prometheus"
 SEED_ARGUMENTS = ["seed_demo", "--if-empty", "--tenants", "5", "--leads", "2000", "--json"]
 CHILD_STOP_TIMEOUT_S = 15.0
+# The Meta settings `make run` gives the app when the environment has none: the app secret and verify
+# token also live in converzia/settings/local.py, so `manage.py send_test_lead` signs with the same
+# one; the page token is what the local Graph stand-in expects to see.
+DEV_META_PAGE_ACCESS_TOKEN = "converzia-dev-page-token"
+GRAPH_STUB_MODULE = "leads.measure.graph_stub"
+# Packages whose migrations the app applies besides its own (INSTALLED_APPS).
+MIGRATING_PACKAGES = ("django", "procrastinate")
 
 ENVIRONMENT = "environment"
 LOCAL = "local server"
@@ -93,10 +107,14 @@ def data_directory(environ: Mapping[str, str]) -> Path:
 
 @dataclass(frozen=True)
 class Service:
-    """Where one server comes from: a URL to use as is, or None for "start the embedded one"."""
+    """Where one server comes from: a URL to use as is, or None for "start the embedded one".
+
+    `note` says why, when the choice is not the obvious one (a local server passed over, say).
+    """
 
     url: str | None
     source: str
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,11 +141,15 @@ def plan_for_tests(
     *,
     local_database_url: str | None = None,
     local_redis_url: str | None = None,
+    require_preload: bool = True,
 ) -> ServicePlan:
     """`make test`: the environment's servers, else the local ones when they answer, else embedded.
 
     "Local" is 127.0.0.1:5432 / :6379 unless CONVERZIA_LOCAL_DATABASE_URL / CONVERZIA_LOCAL_REDIS_URL
     say otherwise (a machine whose servers use other ports, or a check of the embedded fallback).
+    With `require_preload` (the test suite), a local PostgreSQL that does not preload
+    pg_stat_statements is passed over for the embedded one, which does: a stock server must not fail
+    or skip the tests of `slow_queries` and the admin's Database page.
     """
     local_database_url = (
         local_database_url or environ.get("CONVERZIA_LOCAL_DATABASE_URL") or LOCAL_DATABASE_URL
@@ -136,10 +158,44 @@ def plan_for_tests(
     database = _from_environment(environ, "DATABASE_URL")
     if database.url is None and postgres_answers(local_database_url):
         database = Service(url=local_database_url, source=LOCAL)
+        if require_preload and not _preloads(local_database_url):
+            database = Service(
+                url=None,
+                source=EMBEDDED,
+                note=(
+                    f"{_server_address(local_database_url)} answers but does not preload {PRELOADED_LIBRARY} "
+                    f"(shared_preload_libraries), which the slow-query tests need; using the embedded "
+                    f"PostgreSQL, which preloads it"
+                ),
+            )
+    elif database.url is not None and require_preload and postgres_answers(database.url):
+        if not _preloads(database.url):
+            database = Service(
+                url=database.url,
+                source=ENVIRONMENT,
+                note=(
+                    f"DATABASE_URL's server does not preload {PRELOADED_LIBRARY}: the tests that read it "
+                    f"are skipped (unset DATABASE_URL to run them on the embedded PostgreSQL)"
+                ),
+            )
     redis = _from_environment(environ, "REDIS_URL")
     if redis.url is None and redis_answers(local_redis_url):
         redis = Service(url=local_redis_url, source=LOCAL)
     return ServicePlan(database=database, redis=redis)
+
+
+def _preloads(url: str) -> bool:
+    import psycopg
+
+    try:
+        return postgres_preloads(with_database(url, "postgres"))
+    except psycopg.Error:
+        return False
+
+
+def _server_address(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or LOOPBACK}:{parts.port or 5432}"
 
 
 def with_database(url: str, name: str) -> str:
@@ -224,6 +280,9 @@ def banner(
     database: str,
     redis: str,
     worker: str,
+    graph: str | None = None,
+    meta_secret: str = "",
+    meta_verify_token: str = "",
 ) -> list[str]:
     """What `make run` prints once everything answers."""
     lines = [
@@ -238,6 +297,10 @@ def banner(
         f"  Database      {database}",
         f"  Redis         {redis}",
         f"  Worker        {worker}",
+        f"  Graph API     {f'{graph} (local stand-in for Meta)' if graph else 'META_GRAPH_URL (env)'}",
+        f"  Meta webhook  POST {web_url}/api/webhooks/meta-leads",
+        f"                app secret {meta_secret!r}, verify token {meta_verify_token!r}",
+        "  Test lead     make test-lead   (a signed Meta lead: fetched, routed, listed in the portal)",
     ]
     staff = (demo or {}).get("staff") or {}
     tenants = (demo or {}).get("tenants") or []
@@ -256,6 +319,10 @@ def banner(
         lines.append(
             f"  Try           curl -H 'Authorization: Bearer {owner.get('api_token')}' "
             f"-H 'X-Tenant-ID: {tenant.get('id')}' {web_url}/api/portal/offers"
+        )
+        lines.append(
+            f"                curl -H 'Authorization: Bearer {owner.get('api_token')}' "
+            f"-H 'X-Tenant-ID: {tenant.get('id')}' {web_url}/api/portal/leads"
         )
     if demo_file is not None and demo:
         lines.append(f"  All demo credentials: {demo_file}")
@@ -278,6 +345,8 @@ class Stack:
         self.children: dict[str, subprocess.Popen] = {}
 
     def database_url(self, service: Service, *, database: str) -> str:
+        if service.note:
+            say(f"PostgreSQL: {service.note}")
         if service.url is not None:
             say(f"PostgreSQL: {redact(service.url)} ({service.source})")
             return service.url
@@ -377,19 +446,59 @@ def run_step(title: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
     say(f"{title}: done in {time.monotonic() - started:.1f} s")
 
 
-def management_commands(env: Mapping[str, str]) -> set[str]:
-    result = subprocess.run(
-        manage("help", "--commands"),
-        env=dict(env),
-        cwd=REPO_ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise StackError(f"manage.py help --commands failed:\n{result.stderr}")
-    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
+def migrations_fingerprint() -> str:
+    """A digest of every migration the app would apply: its own files and the versions of the packages
+    that ship the others. Equal digests mean `migrate` has nothing new to read."""
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    for path in sorted(REPO_ROOT.glob("*/migrations/*.py")):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode())
+        digest.update(path.read_bytes())
+    for package in MIGRATING_PACKAGES:
+        digest.update(f"{package}=={metadata.version(package)}".encode())
+    return digest.hexdigest()
+
+
+def applied_migrations(url: str) -> str | None:
+    """What django_migrations holds, in brief (rows and the newest id); None without the table."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as connection:
+            row = connection.execute(
+                "SELECT count(*), coalesce(max(id), 0) FROM django_migrations"
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    return f"{row[0]}:{row[1]}" if row else None
+
+
+def migrate_when_needed(data: Path, database_url: str, env: Mapping[str, str]) -> None:
+    """`migrate` unless nothing changed since the last one this data directory saw on this database.
+
+    A warm start must answer in seconds, and `migrate` with nothing to apply still costs a Django start
+    and a read of every migration. The check is the migration code's digest plus django_migrations in
+    brief: a new migration file, a package upgrade, or anyone else migrating the database re-runs it.
+    """
+    marker = data / f"migrated-{hashlib.sha256(database_url.encode()).hexdigest()[:12]}.json"
+    wanted = {"code": migrations_fingerprint(), "applied": applied_migrations(database_url)}
+    if wanted["applied"] is not None and read_state(marker) == wanted:
+        say("migrate: nothing to apply (no migration changed since the last run)")
+        return
+    run_step("migrate", manage("migrate", "--noinput"), env)
+    marker.write_text(json.dumps({**wanted, "applied": applied_migrations(database_url)}) + "\n")
+
+
+def meta_development_environment(environ: Mapping[str, str], graph_url: str | None) -> dict[str, str]:
+    """The Graph settings for the web and worker processes: the local stand-in unless the environment
+    points somewhere itself (a real app's Graph URL and token are left alone)."""
+    if graph_url is None:
+        return {}
+    return {
+        "META_GRAPH_URL": graph_url,
+        "META_PAGE_ACCESS_TOKEN": environ.get("META_PAGE_ACCESS_TOKEN") or DEV_META_PAGE_ACCESS_TOKEN,
+    }
 
 
 def ensure_app_database(url: str) -> None:
@@ -407,7 +516,7 @@ def ensure_app_database(url: str) -> None:
 
 
 def load_demo_data(
-    data: Path, database: Service, env: Mapping[str, str], commands: set[str]
+    data: Path, database: Service, env: Mapping[str, str]
 ) -> tuple[dict[str, Any] | None, Path | None]:
     """Seed the demo tenants once per database; later runs read the credentials saved the first time.
 
@@ -418,9 +527,6 @@ def load_demo_data(
         saved = json.loads(marker.read_text())
         say(f"demo data: already loaded (credentials in {marker}); not seeding again")
         return saved.get("credentials"), marker
-    if "seed_demo" not in commands:
-        say("demo data: manage.py seed_demo does not exist yet; skipping")
-        return None, None
     say(f"demo data: manage.py {' '.join(SEED_ARGUMENTS)} ...")
     started = time.monotonic()
     result = subprocess.run(
@@ -506,6 +612,7 @@ def command_run(environ: Mapping[str, str]) -> int:
 
 
 def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path) -> None:
+    started = time.monotonic()
     database_url = stack.database_url(plan.database, database=APP_DATABASE)
     ensure_app_database(database_url)
     redis_url = stack.redis_url(plan.redis)
@@ -515,9 +622,19 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
     # Only the web and job workers write metric files (migrate and the seed keep theirs in memory).
     metrics_dir = env.pop("PROMETHEUS_MULTIPROC_DIR", None) or str(data / PROMETHEUS_DIR)
 
-    run_step("migrate", manage("migrate", "--noinput"), env)
-    commands = management_commands(env)
-    demo, demo_file = load_demo_data(data, plan.database, env, commands)
+    migrate_when_needed(data, database_url, env)
+    demo, demo_file = load_demo_data(data, plan.database, env)
+
+    graph_url = None
+    if not environ.get("META_GRAPH_URL"):
+        graph_port = find_free_port(DEFAULT_GRAPH_PORT)
+        stack.spawn(
+            "graph stand-in",
+            [sys.executable, "-m", GRAPH_STUB_MODULE, "--port", str(graph_port)],
+            env,
+            own_session=True,
+        )
+        graph_url = f"http://{LOOPBACK}:{graph_port}"
 
     host = environ.get("HOST", LOOPBACK)
     requested_port = int(environ.get("PORT") or DEFAULT_WEB_PORT)
@@ -527,7 +644,11 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
     web_url = f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{port}"
     # /metrics sums every gunicorn worker and the job worker; gunicorn's on_starting empties the
     # directory, so only processes started after it may write there.
-    app_env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    app_env = {
+        **env,
+        **meta_development_environment(environ, graph_url),
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+    }
     gunicorn = stack.spawn(
         "gunicorn",
         [
@@ -554,31 +675,37 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
         app_env,
         own_session=True,
     )
+    # The worker boots while gunicorn does: on two cores that is most of a warm start.
+    time.sleep(0.2)  # gunicorn's on_starting empties the metrics directory first
+    stack.spawn("worker", manage("run_worker"), app_env, own_session=True)
     status = wait_for_http(f"{web_url}{HEALTH_PATH}", process=gunicorn, timeout_s=90)
-    say(f"web: gunicorn answers GET {HEALTH_PATH} with {status}")
-
-    if "run_worker" in commands:
-        stack.spawn("worker", manage("run_worker"), app_env, own_session=True)
-        worker = "manage.py run_worker"
-    else:
-        worker = "not started (manage.py run_worker does not exist yet)"
-        say(f"worker: {worker}")
+    say(f"web: GET {HEALTH_PATH} answers {status}, {time.monotonic() - started:.1f} s after start")
 
     state = {
         "pid": os.getpid(),
         "web_url": web_url,
         "database_url": redact(database_url),
         "redis_url": redact(redis_url),
+        "graph_url": graph_url,
+        "demo_file": str(demo_file) if demo_file else None,
         "processes": stack.pids(),
     }
-    (data / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    state_path = data / STATE_FILE
+    state_path.write_text(json.dumps(state, indent=2) + "\n")
+    # `make test-lead` runs manage.py against this stack: it needs the unredacted URLs, so owner only.
+    environment_path = data / RUN_ENVIRONMENT_FILE
+    environment_path.write_text(json.dumps(_manage_environment(app_env), indent=2) + "\n")
+    environment_path.chmod(0o600)
     for line in banner(
         web_url=web_url,
         demo=demo,
         demo_file=demo_file,
         database=f"{redact(database_url)} ({plan.database.source})",
         redis=f"{redact(redis_url)} ({plan.redis.source})",
-        worker=worker,
+        worker="manage.py run_worker",
+        graph=graph_url,
+        meta_secret=_meta_setting(environ, "META_APP_SECRET"),
+        meta_verify_token=_meta_setting(environ, "META_WEBHOOK_VERIFY_TOKEN"),
     ):
         sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -587,15 +714,37 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
         stack.check_children()
 
 
+def _manage_environment(app_env: Mapping[str, str]) -> dict[str, str]:
+    """What a `manage.py` command needs to act on the running stack (not the whole environment)."""
+    wanted = ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "META_APP_SECRET", "META_GRAPH_URL")
+    return {name: app_env[name] for name in wanted if app_env.get(name)}
+
+
+DEV_META_DEFAULTS = {
+    "META_APP_SECRET": DEV_META_APP_SECRET,
+    "META_WEBHOOK_VERIFY_TOKEN": DEV_META_WEBHOOK_VERIFY_TOKEN,
+}
+
+
+def _meta_setting(environ: Mapping[str, str], name: str) -> str:
+    """The value the app runs with: the environment's, else the development default of local.py."""
+    return environ.get(name) or DEV_META_DEFAULTS[name]
+
+
 def command_with_services(
-    argv: Sequence[str], environ: Mapping[str, str], *, label: str, create_database: bool
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    *,
+    label: str,
+    create_database: bool,
+    require_preload: bool = False,
 ) -> int:
     """Run `argv` against the test servers, starting embedded ones if needed and stopping them after."""
     if not argv:
         say("nothing to run")
         return 2
     data = data_directory(environ)
-    plan = plan_for_tests(environ)
+    plan = plan_for_tests(environ, require_preload=require_preload)
     stack = Stack(data, stop_adopted=False)
     install_stop_handlers()
     exit_code = 1
@@ -630,7 +779,11 @@ def command_with_services(
 
 def command_test(pytest_arguments: Sequence[str], environ: Mapping[str, str]) -> int:
     exit_code = command_with_services(
-        [sys.executable, "-m", "pytest", *pytest_arguments], environ, label="pytest", create_database=False
+        [sys.executable, "-m", "pytest", *pytest_arguments],
+        environ,
+        label="pytest",
+        create_database=False,
+        require_preload=True,
     )
     if exit_code == 5:
         say("pytest collected no tests (exit status 5): that is a failure, not a pass")
@@ -643,8 +796,13 @@ def command_test_env(environ: Mapping[str, str]) -> int:
         ("DATABASE_URL", plan.database, "make test starts an embedded PostgreSQL under .data/postgres"),
         ("REDIS_URL", plan.redis, "make test starts an embedded Valkey under .data/valkey"),
     ):
+        if service.note:
+            sys.stdout.write(f"# {variable}: {service.note}\n")
         if service.url is None:
-            sys.stdout.write(f"# {variable}: nothing answers; {embedded}\n")
+            if not service.note:
+                sys.stdout.write(f"# {variable}: nothing answers; {embedded}\n")
+            else:
+                sys.stdout.write(f"# {variable}: {embedded}\n")
         else:
             sys.stdout.write(f"# {variable}: {service.source}\nexport {variable}='{service.url}'\n")
     return 0
@@ -657,6 +815,31 @@ def command_url(environ: Mapping[str, str]) -> int:
         return 1
     sys.stdout.write(f"{state['web_url']}\n")
     return 0
+
+
+def command_test_lead(arguments: Sequence[str], environ: Mapping[str, str]) -> int:
+    """`make test-lead`: `manage.py send_test_lead` against the running `make run`, as its demo tenant."""
+    data = data_directory(environ)
+    state = running_supervisor(data)
+    saved = read_state(data / RUN_ENVIRONMENT_FILE)
+    if state is None or saved is None:
+        say("make run is not running here: start it first (it starts the worker and the Graph stand-in).")
+        return 1
+    argv = manage("send_test_lead", "--url", state["web_url"])
+    credentials = (
+        (read_state(Path(state["demo_file"])) or {}).get("credentials") if state.get("demo_file") else None
+    )
+    tenants = (credentials or {}).get("tenants") or []
+    if tenants and "--tenant" not in arguments:
+        tenant = tenants[0]
+        argv += ["--tenant", tenant["slug"]]
+        token = (tenant.get("owner") or {}).get("api_token")
+        if token and "--portal-token" not in arguments:
+            argv += ["--portal-token", token]
+    child = subprocess.run(
+        [*argv, *arguments], env={**environ, **saved, "PYTHONUNBUFFERED": "1"}, cwd=REPO_ROOT, check=False
+    )
+    return child.returncode
 
 
 def command_reset(environ: Mapping[str, str]) -> int:
@@ -690,6 +873,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     execute.add_argument("command_line", nargs=argparse.REMAINDER)
     commands.add_parser("test-env", help="print which servers the tests would use")
     commands.add_parser("url", help="print the running stack's web address")
+    test_lead = commands.add_parser("test-lead", help="a signed Meta test lead into the running stack")
+    test_lead.add_argument("send_test_lead_arguments", nargs=argparse.REMAINDER)
     commands.add_parser("reset", help="stop leftovers and delete the data directory")
     arguments = parser.parse_args(argv)
     environ = os.environ
@@ -707,6 +892,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command_test_env(environ)
     if arguments.command == "url":
         return command_url(environ)
+    if arguments.command == "test-lead":
+        return command_test_lead(_strip_separator(arguments.send_test_lead_arguments), environ)
     return command_reset(environ)
 
 

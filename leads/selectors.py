@@ -17,7 +17,7 @@ from converzia.models import Tenant
 from converzia.tenancy import scoped
 from leads.errors import InvalidPhone
 from leads.funnel import STAGE_KEYS, conversion_rate, stage_counts
-from leads.models import Lead, LeadEvent, LeadOffer, Offer
+from leads.models import AdOfferMap, AdPlatform, Lead, LeadEvent, LeadOffer, Offer, OfferStatus
 from leads.phones import normalize_phone
 from leads.privacy import pii_visible_q
 
@@ -215,3 +215,20 @@ def lead_offer_get_for_staff(*, lead_offer_id: str | uuid.UUID) -> LeadOffer:
     if lead_offer is None:
         raise NotFound()
     return lead_offer
+
+
+def routable_meta_ad(tenant: Tenant) -> AdOfferMap | None:
+    """The tenant's oldest active Meta ad whose offer is ACTIVE: a lead on it is routed straight to an
+    offer (not parked as unmapped). `manage.py send_test_lead` posts its test leads on it."""
+    return (
+        scoped(AdOfferMap, tenant)
+        .filter(
+            is_active=True,
+            platform=AdPlatform.META,
+            offer__isnull=False,
+            offer__status=OfferStatus.ACTIVE,
+        )
+        .select_related("offer")
+        .order_by("created_at", "ad_id")
+        .first()
+    )

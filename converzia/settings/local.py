@@ -5,6 +5,7 @@ import importlib.util
 from converzia.logging import logging_settings
 from converzia.settings.base import *  # noqa: F403
 from converzia.settings.base import env
+from converzia.settings.dev_defaults import DEV_META_APP_SECRET, DEV_META_WEBHOOK_VERIFY_TOKEN
 
 DEBUG = env.bool("DEBUG", default=True)
 DELIVERY_ALLOW_PRIVATE_NETWORKS = env.bool("DELIVERY_ALLOW_PRIVATE_NETWORKS", default=True)
@@ -38,4 +39,15 @@ if DEBUG and importlib.util.find_spec("debug_toolbar") is not None:
         *MIDDLEWARE[_toolbar_at:],  # noqa: F405
     ]
     INTERNAL_IPS = ["127.0.0.1", "::1"]
-    DEBUG_TOOLBAR_CONFIG = {"SHOW_TOOLBAR_CALLBACK": "converzia.observability.devtools.show_debug_toolbar"}
+    DEBUG_TOOLBAR_CONFIG = {
+        "SHOW_TOOLBAR_CALLBACK": "converzia.observability.devtools.show_debug_toolbar",
+        # Start as the small "DJDT" handle instead of a panel over the admin's right side; one click
+        # opens it. The browser then remembers the last choice (the toolbar's localStorage `djdt.show`).
+        "SHOW_COLLAPSED": True,
+    }
+
+# --- Meta (a laptop's whole ingestion path) ----------------------------------------------------------
+# Signed test leads work out of the box: `make test-lead` signs with this secret, and `make run` points
+# the worker at a local Graph stand-in. A real app's values in the environment win.
+META_APP_SECRET = env.str("META_APP_SECRET", default=DEV_META_APP_SECRET)
+META_WEBHOOK_VERIFY_TOKEN = env.str("META_WEBHOOK_VERIFY_TOKEN", default=DEV_META_WEBHOOK_VERIFY_TOKEN)

@@ -49,6 +49,7 @@ def test_anonymous_and_non_staff_are_sent_to_the_login(client):
     assert client.post(URL).status_code == 302
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_staff_see_the_checks_and_the_slow_queries(client, staff_user):
     stat_statements_reset()  # this database's counters only: earlier tests' statements drop out
     run_probe(times=200)  # now the most called statement of the test database, by far
@@ -78,6 +79,7 @@ def test_order_parameter(client, staff_user):
     assert client.get(URL, {"order": "bogus"}).context["order"] == "total"
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_staff_who_are_not_superusers_cannot_reset(client, staff_user):
     run_probe()
     client.force_login(staff_user)
@@ -85,6 +87,7 @@ def test_staff_who_are_not_superusers_cannot_reset(client, staff_user):
     assert probe_listed()
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_superusers_reset_with_the_csrf_token():
     run_probe()
     user = StaffUserFactory(is_superuser=True)

@@ -21,16 +21,23 @@ import pytest
 import redis
 from django.conf import settings
 
+from converzia import devstack
 from converzia.devstack import (
     DEFAULT_DATA_DIR,
+    DEV_META_PAGE_ACCESS_TOKEN,
     EMBEDDED,
     ENVIRONMENT,
     LOCAL,
     REPO_ROOT,
     Service,
     ServicePlan,
+    applied_migrations,
     banner,
+    command_test_env,
     demo_marker_name,
+    meta_development_environment,
+    migrate_when_needed,
+    migrations_fingerprint,
     parse_seed_output,
     plan_for_run,
     plan_for_tests,
@@ -45,6 +52,7 @@ from converzia.devstack_servers import (
     ServerError,
     find_free_port,
     port_is_free,
+    postgres_preloads,
     process_is_alive,
     redis_ping,
 )
@@ -350,3 +358,134 @@ def test_embedded_postgres_initialises_once_preloads_pg_stat_statements_and_stop
         assert again.ensure_database("cvz_scratch") is False
     finally:
         again.stop()
+
+
+# --- pg_stat_statements: `make test` passes over a server that does not preload it ----------------
+
+
+def test_tests_pass_over_a_local_server_without_the_preload(scratch_data_dir, capsys):
+    stock = EmbeddedPostgres(scratch_data_dir, first_port=find_free_port(26432), preload_libraries=())
+    stock.start()
+    try:
+        url = stock.url("converzia")
+
+        plan = plan_for_tests({}, local_database_url=url, local_redis_url=settings.REDIS_URL)
+        assert plan.database.url is None and plan.database.source == EMBEDDED
+        assert "does not preload pg_stat_statements" in plan.database.note
+        assert f"127.0.0.1:{stock.port}" in plan.database.note
+
+        # Commands that do not read pg_stat_statements (the migrations check) keep the local server.
+        keep = plan_for_tests(
+            {}, local_database_url=url, local_redis_url=settings.REDIS_URL, require_preload=False
+        )
+        assert keep.database == Service(url=url, source=LOCAL)
+
+        # An explicit DATABASE_URL is used as given; the plan says which tests will skip and why.
+        explicit = plan_for_tests({"DATABASE_URL": url}, local_redis_url=settings.REDIS_URL)
+        assert explicit.database.url == url and explicit.database.source == ENVIRONMENT
+        assert "skipped" in explicit.database.note
+
+        assert command_test_env({"CONVERZIA_LOCAL_DATABASE_URL": url}) == 0
+        printed = capsys.readouterr().out
+        assert "does not preload pg_stat_statements" in printed
+        assert "make test starts an embedded PostgreSQL" in printed
+    finally:
+        stock.stop()
+
+
+def test_a_server_that_preloads_is_used_as_it_is():
+    plan = plan_for_tests({}, local_database_url=live_database_url(), local_redis_url=settings.REDIS_URL)
+    # This suite runs only on servers that preload it (that is the point of the plan).
+    assert plan.database == Service(url=live_database_url(), source=LOCAL)
+    assert postgres_preloads(with_database(live_database_url(), "postgres")) is True
+
+
+# --- warm start: migrate only when a migration changed ------------------------------------------
+
+
+@pytest.fixture
+def migrate_calls(monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(devstack, "run_step", lambda title, argv, env: calls.append(list(argv)))
+    return calls
+
+
+def test_migrate_runs_once_then_only_when_a_migration_or_the_database_changes(tmp_path, migrate_calls):
+    url = live_database_url()
+
+    migrate_when_needed(tmp_path, url, {})
+    assert len(migrate_calls) == 1 and migrate_calls[0][-2:] == ["migrate", "--noinput"]
+    migrate_when_needed(tmp_path, url, {})
+    assert len(migrate_calls) == 1  # nothing changed: no Django start at all
+
+    # Someone else migrated (or rolled back) this database: django_migrations changed.
+    with psycopg.connect(url) as connection:
+        connection.execute(
+            "INSERT INTO django_migrations (app, name, applied) VALUES ('devstack_probe', '0001', now())"
+        )
+    try:
+        migrate_when_needed(tmp_path, url, {})
+        assert len(migrate_calls) == 2
+    finally:
+        with psycopg.connect(url) as connection:
+            connection.execute("DELETE FROM django_migrations WHERE app = 'devstack_probe'")
+
+
+def test_a_changed_migration_file_changes_the_fingerprint(tmp_path, monkeypatch):
+    (tmp_path / "leads" / "migrations").mkdir(parents=True)
+    migration = tmp_path / "leads" / "migrations" / "0001_initial.py"
+    migration.write_text("operations = []\n")
+    monkeypatch.setattr(devstack, "REPO_ROOT", tmp_path)
+    first = migrations_fingerprint()
+    assert migrations_fingerprint() == first
+
+    migration.write_text("operations = ['changed']\n")
+    assert migrations_fingerprint() != first
+    (tmp_path / "leads" / "migrations" / "0002_more.py").write_text("")
+    assert len({first, migrations_fingerprint()}) == 2
+
+
+def test_a_database_without_django_migrations_always_migrates(scratch_data_dir, tmp_path, migrate_calls):
+    server = EmbeddedPostgres(scratch_data_dir, first_port=find_free_port(27432))
+    server.start()
+    try:
+        assert applied_migrations(server.url()) is None
+        migrate_when_needed(tmp_path, server.url(), {})
+        migrate_when_needed(tmp_path, server.url(), {})
+        assert len(migrate_calls) == 2
+    finally:
+        server.stop()
+
+
+# --- the Meta path under make run ---------------------------------------------------------------
+
+
+def test_make_run_points_the_worker_at_the_graph_stand_in_unless_the_environment_names_one():
+    stand_in = meta_development_environment({}, "http://127.0.0.1:18765")
+    assert stand_in == {
+        "META_GRAPH_URL": "http://127.0.0.1:18765",
+        "META_PAGE_ACCESS_TOKEN": DEV_META_PAGE_ACCESS_TOKEN,
+    }
+    kept = meta_development_environment({"META_PAGE_ACCESS_TOKEN": "real"}, "http://127.0.0.1:18765")
+    assert kept["META_PAGE_ACCESS_TOKEN"] == "real"
+    assert meta_development_environment({"META_GRAPH_URL": "https://graph.example"}, None) == {}
+
+
+def test_the_banner_tells_how_to_send_a_signed_test_lead():
+    lines = "\n".join(
+        banner(
+            web_url="http://127.0.0.1:8000",
+            demo=None,
+            demo_file=None,
+            database="db",
+            redis="redis",
+            worker="manage.py run_worker",
+            graph="http://127.0.0.1:18765",
+            meta_secret="s3cret",
+            meta_verify_token="v3rify",
+        )
+    )
+    assert "http://127.0.0.1:18765 (local stand-in for Meta)" in lines
+    assert "POST http://127.0.0.1:8000/api/webhooks/meta-leads" in lines
+    assert "'s3cret'" in lines and "'v3rify'" in lines
+    assert "make test-lead" in lines

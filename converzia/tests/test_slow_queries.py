@@ -37,6 +37,7 @@ def probe_rows(report) -> list:
     return [s for s in report.statements if PROBE in s.query]
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_queries_that_ran_are_listed_with_their_statistics():
     run_probe(7)
     report = slow_queries(order="calls", limit=500)
@@ -58,6 +59,7 @@ def test_queries_that_ran_are_listed_with_their_statistics():
     assert sum(s.share_pct for s in everything.statements) == pytest.approx(100, abs=1)
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_order_limit_and_min_calls():
     run_probe(3)
     by_calls = slow_queries(order="calls", limit=5)
@@ -77,6 +79,7 @@ def test_order_limit_and_min_calls():
         slow_queries(order="rows")  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_database_filter():
     run_probe(2)
     assert probe_rows(slow_queries(order="calls", limit=500, database="no_such_database")) == []
@@ -85,6 +88,7 @@ def test_database_filter():
     assert probe_rows(everywhere)
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_reset_zeroes_this_databases_statements():
     run_probe(2)
     assert probe_rows(slow_queries(order="calls", limit=500))
@@ -101,6 +105,7 @@ def test_truncate_query():
 # --- the command ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_command_prints_the_table_with_truncated_queries(capsys):
     run_probe(4)
     call_command("slow_queries", "--order", "calls", "--limit", "500")
@@ -133,6 +138,7 @@ def test_command_prints_the_table_with_truncated_queries(capsys):
     assert full_line.rstrip().endswith("website = $5")
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_command_json(capsys):
     run_probe(2)
     call_command("slow_queries", "--json", "--order", "calls", "--limit", "500", "--min-calls", "2")
@@ -143,6 +149,7 @@ def test_command_json(capsys):
     assert probe["query"].endswith("website = $5")  # never truncated in JSON
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_command_reset_confirms(capsys):
     run_probe(1)
     call_command("slow_queries", "--reset")

@@ -169,3 +169,30 @@ class GraphStub:
         with self._arrivals:
             self._hits[leadgen_id] += 1
             self._arrivals.notify_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m leads.measure.graph_stub --port N`: serve until SIGTERM or SIGINT (`make run` starts
+    it so a laptop's test leads are fetched without reaching Meta)."""
+    import argparse
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m leads.measure.graph_stub", description=main.__doc__)
+    parser.add_argument("--host", default=LOOPBACK)
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
+    arguments = parser.parse_args(argv)
+    stub = GraphStub(host=arguments.host, port=arguments.port).start()
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stopped.set())
+    sys.stdout.write(f"Graph API stand-in listening on {stub.url}\n")
+    sys.stdout.flush()
+    while not stopped.wait(0.5):
+        pass
+    stub.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import http.client
+import importlib.util
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -202,6 +203,12 @@ class Command(ConverziaCommand):
             options |= {key: value for key, value in QUICK.items() if options[key] == defaults[key]}
         if options["worker_running"] and not options["graph_port"]:
             raise CommandError("--worker-running needs --graph-port: the port its META_GRAPH_URL names.")
+        if not options["no_report"] and importlib.util.find_spec("matplotlib") is None:
+            # Said before the run, not after minutes of measuring.
+            raise CommandError(
+                "The report's latency chart needs matplotlib, a development requirement: "
+                "`make install-dev` (or pip install -r requirements-dev.txt), or pass --no-report."
+            )
         self._check_server(options["url"])
         # The requests replayed in-process to capture their SQL log like any request; their lines
         # would drown the report.
