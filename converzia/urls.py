@@ -8,6 +8,7 @@ Each area mounts its own URL module here (the root URLconf is the one place allo
 - /api/admin/      staff reads: the queue (portal.api.admin_urls)
 - /admin/database/ staff: dbhealth checks and slow queries (converzia.admin_database)
 - /metrics         Prometheus exposition, staff or allow-listed addresses (converzia.observability)
+- /                the index page (the admin's "View site"), /favicon.ico (converzia.views)
 Later: the other /api/admin/ reads.
 """
 
@@ -17,9 +18,11 @@ from django.urls import include, path, re_path
 
 from converzia.admin_database import admin_database
 from converzia.observability.views import MetricsView
-from converzia.views import api_not_found
+from converzia.views import api_not_found, favicon, home
 
 urlpatterns = [
+    path("", home, name="home"),
+    path("favicon.ico", favicon, name="favicon"),
     path("admin/database/", admin_database, name="admin_database"),
     path("admin/", admin.site.urls),
     path("metrics", MetricsView.as_view(), name="metrics"),

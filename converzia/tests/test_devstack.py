@@ -121,7 +121,10 @@ def test_tests_prefer_the_environment_over_answering_local_servers():
 
 
 def test_tests_use_the_local_servers_when_they_answer():
-    plan = plan_for_tests({}, local_database_url=live_database_url(), local_redis_url=settings.REDIS_URL)
+    # Whether the server preloads pg_stat_statements is the next tests' subject.
+    plan = plan_for_tests(
+        {}, local_database_url=live_database_url(), local_redis_url=settings.REDIS_URL, require_preload=False
+    )
 
     assert plan == ServicePlan(
         database=Service(url=live_database_url(), source=LOCAL),
@@ -393,6 +396,7 @@ def test_tests_pass_over_a_local_server_without_the_preload(scratch_data_dir, ca
         stock.stop()
 
 
+@pytest.mark.usefixtures("needs_pg_stat_statements")
 def test_a_server_that_preloads_is_used_as_it_is():
     plan = plan_for_tests({}, local_database_url=live_database_url(), local_redis_url=settings.REDIS_URL)
     # This suite runs only on servers that preload it (that is the point of the plan).

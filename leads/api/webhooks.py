@@ -3,6 +3,10 @@
 A plain Django view rather than DRF: the POST must read the raw bytes before any parsing (the
 signature covers them), it answers Meta rather than a portal user, and its ack budget is a few
 milliseconds. Errors still use the API's one error shape.
+
+Each refusal (4xx) is logged once, here, at WARNING with its reason (logger `converzia.webhooks`), in
+place of Django's bare "Forbidden: <path>" line. A reason that is our own configuration (an unset
+secret) goes to the log only: the caller gets the same answer as for any bad signature.
 """
 
 from __future__ import annotations
@@ -37,10 +41,61 @@ def _error(code: str, message: str, status: int, details: dict | None = None, **
     return response
 
 
+def _refused(
+    code: str, message: str, status: int, *, reason: str, details: dict | None = None, **fields: object
+) -> JsonResponse:
+    """A 4xx answer and its one log line, which says why (`fields` go on the record as extras)."""
+    logger.warning(
+        "meta webhook refused: %s %s: %s",
+        status,
+        code,
+        reason,
+        extra={"status": status, "code": str(code), "reason": reason, **fields},
+    )
+    response = _error(code, message, status, details)
+    # Django's request logger would add a bare "Forbidden: /api/webhooks/meta-leads" for the same
+    # request; it skips a response marked as already logged (django.utils.log.log_response).
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
+
+
 def _invalid_input(message: str, details: dict[str, str]) -> JsonResponse:
     """A signed body that is not Meta's shape: counted, and answered 400 with where it went wrong."""
     WEBHOOK_REQUESTS.labels("invalid_input").inc()
-    return _error(ErrorCode.INVALID_INPUT, message, 400, details)
+    return _refused(ErrorCode.INVALID_INPUT, message, 400, reason=message, details=details)
+
+
+def _too_large(limit: int) -> JsonResponse:
+    WEBHOOK_REQUESTS.labels("too_large").inc()
+    message = f"The body exceeds {limit} bytes."
+    return _refused(ErrorCode.INVALID_INPUT, message, 413, reason=message, details={"max_bytes": limit})
+
+
+def _signature_problem(header: str | None) -> str:
+    """Why `meta.signature_valid` said no, for the log only: the caller always gets the same 403."""
+    if not settings.META_APP_SECRET:
+        return (
+            "META_APP_SECRET is not set, so every signature check fails: set it to the Meta app's "
+            "secret (make run's local settings default it to a development secret)"
+        )
+    if not header:
+        return "no X-Hub-Signature-256 header"
+    if not header.startswith(meta.SIGNATURE_PREFIX):
+        return f"the X-Hub-Signature-256 header is not {meta.SIGNATURE_PREFIX}<hex>"
+    return "the signature does not match the body"
+
+
+def _verification_problem(mode: str | None, token_ok: bool) -> str:
+    if not settings.META_WEBHOOK_VERIFY_TOKEN:
+        return (
+            "META_WEBHOOK_VERIFY_TOKEN is not set, so every subscription handshake fails: set it to the "
+            "token configured in the Meta app (make run's local settings default it to a development one)"
+        )
+    if mode != "subscribe":
+        return f"hub.mode is {mode!r}, not 'subscribe'"
+    if not token_ok:
+        return "hub.verify_token does not match"
+    return "hub.challenge is missing"
 
 
 def _client_hint(request: HttpRequest) -> str:
@@ -64,39 +119,35 @@ class MetaLeadsWebhookView(View):
         challenge = request.GET.get("hub.challenge", "")
         if mode == "subscribe" and token_ok and challenge:
             return HttpResponse(challenge, content_type="text/plain; charset=utf-8")
-        logger.warning(
-            "meta webhook verification refused (mode=%s, token matched=%s)",
-            mode,
-            token_ok,
-            extra={"mode": mode, "token_matched": token_ok},
+        return _refused(
+            ErrorCode.FORBIDDEN,
+            "Webhook verification failed.",
+            403,
+            reason=_verification_problem(mode, token_ok),
+            mode=mode,
+            token_matched=token_ok,
         )
-        return _error(ErrorCode.FORBIDDEN, "Webhook verification failed.", 403)
 
     def post(self, request: HttpRequest) -> HttpResponse:
         limit = settings.META_WEBHOOK_MAX_BODY_BYTES
         declared = request.META.get("CONTENT_LENGTH") or "0"
         if not declared.isdigit() or int(declared) > limit:
-            WEBHOOK_REQUESTS.labels("too_large").inc()
-            return _error(
-                ErrorCode.INVALID_INPUT, f"The body exceeds {limit} bytes.", 413, {"max_bytes": limit}
-            )
+            return _too_large(limit)
         raw = request.read(limit + 1)
         if len(raw) > limit:
-            WEBHOOK_REQUESTS.labels("too_large").inc()
-            return _error(
-                ErrorCode.INVALID_INPUT, f"The body exceeds {limit} bytes.", 413, {"max_bytes": limit}
-            )
+            return _too_large(limit)
 
-        if not meta.signature_valid(raw, request.headers.get("X-Hub-Signature-256")):
+        header = request.headers.get("X-Hub-Signature-256")
+        if not meta.signature_valid(raw, header):
             WEBHOOK_REQUESTS.labels("invalid_signature").inc()
-            logger.warning(
-                "meta webhook signature invalid from %s (%d bytes)",
-                _client_hint(request),
-                len(raw),
-                extra={"client": _client_hint(request), "bytes": len(raw)},
-            )
-            return _error(
-                ErrorCode.INVALID_SIGNATURE, "The X-Hub-Signature-256 signature is missing or invalid.", 403
+            client = _client_hint(request)
+            return _refused(
+                ErrorCode.INVALID_SIGNATURE,
+                "The X-Hub-Signature-256 signature is missing or invalid.",
+                403,
+                reason=f"{_signature_problem(header)} (from {client}, {len(raw)} bytes)",
+                client=client,
+                bytes=len(raw),
             )
 
         try:
