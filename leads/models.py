@@ -523,7 +523,8 @@ class InboxChangeStatus(models.TextChoices):
     PROCESSED = "PROCESSED"  # a lead_offer was created or reused for it
     REPLAY = "REPLAY"  # the tenant already has this leadgen_id: nothing new was created
     UNROUTED = "UNROUTED"  # no active mapping for the ad (or no ad id): parked until one exists
-    FAILED = "FAILED"  # a permanent error (Graph 4xx, no usable phone, retries exhausted): parked
+    FAILED = "FAILED"  # a permanent error (Graph 4xx, page token missing or rejected, no usable phone,
+    # retries exhausted): parked until staff reprocess it
 
     @classmethod
     def parked(cls) -> list[str]:
