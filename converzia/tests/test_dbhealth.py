@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -171,67 +172,119 @@ def test_an_index_left_invalid_by_a_failed_concurrent_build_fails_the_check():
 # --- locks and long-running queries -----------------------------------------------------------------
 
 
-@pytest.fixture
-def blocked_session() -> Iterator[int]:
-    """One session holds an ACCESS EXCLUSIVE lock on `tenants` in an open transaction; a second one,
-    in a thread, waits for it. Yields the holder's pid; both are released and closed afterwards."""
-    holder = raw_connection()
-    waiter = raw_connection()
-    holder.execute("BEGIN")
-    holder.execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
-    holder_pid = holder.info.backend_pid
-    waiter.execute("SET statement_timeout = '20s'")
-    thread = threading.Thread(target=lambda: waiter.execute("SELECT count(*) FROM tenants /* dbh-waiter */"))
-    thread.start()
-    try:
-        yield holder_pid
-    finally:
-        holder.execute("ROLLBACK")
-        thread.join(timeout=20)
-        holder.close()
-        waiter.close()
+@dataclass(frozen=True)
+class BlockedSession:
+    holder_pid: int  # idle in transaction, holding an ACCESS EXCLUSIVE lock on `tenants`
+    waiter_pid: int  # running a query that waits for that lock
+    blocked_at: float  # time.monotonic() once the waiter was seen waiting: it has waited since before
 
 
-def wait_for(check: str, predicate, **kwargs) -> CheckResult:
-    deadline = time.monotonic() + 10
+# Generous bounds, for a busy box: how long the fixture gives the waiter to start waiting, and how long
+# the waiter's query may wait at all (the fixture releases it long before).
+BLOCK_DEADLINE_S = 30.0
+WAITER_STATEMENT_TIMEOUT = "120s"
+WAITER_QUERY = "SELECT count(*) FROM tenants /* dbh-waiter */"
+
+
+def wait_until_blocked(
+    observer: psycopg.Connection, *, waiter_pid: int, holder_pid: int, thread: threading.Thread
+) -> None:
+    """Poll until the waiter's query is waiting for the holder's lock (bounded by BLOCK_DEADLINE_S).
+
+    `observer` is in autocommit, so every poll is its own transaction and sees the current
+    pg_stat_activity (within a transaction PostgreSQL keeps the snapshot of the first read)."""
+    deadline = time.monotonic() + BLOCK_DEADLINE_S
     while True:
-        result = by_name(run_checks([check], **kwargs))[check]
-        if predicate(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
+        seen = observer.execute(
+            "SELECT pg_blocking_pids(pid), wait_event_type, query FROM pg_stat_activity WHERE pid = %s",
+            [waiter_pid],
+        ).fetchone()
+        if seen == ([holder_pid], "Lock", WAITER_QUERY):
+            return
+        if not thread.is_alive():
+            pytest.fail(f"The waiter's query ended before it was seen waiting (last seen: {seen}).")
+        if time.monotonic() > deadline:
+            pytest.fail(f"No lock wait on pid {holder_pid} after {BLOCK_DEADLINE_S:g} s (last seen: {seen}).")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def blocked_session() -> Iterator[BlockedSession]:
+    """One session holds an ACCESS EXCLUSIVE lock on `tenants` in an open transaction; a second one,
+    in a thread, waits for it. Yields once the second one is seen waiting; both are released and
+    closed afterwards, whatever happened."""
+    holder, waiter, observer = raw_connection(), raw_connection(), raw_connection()
+    thread = threading.Thread(target=waiter.execute, args=[WAITER_QUERY], daemon=True)
+    try:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+        waiter.execute(f"SET statement_timeout = '{WAITER_STATEMENT_TIMEOUT}'")
+        thread.start()
+        wait_until_blocked(
+            observer, waiter_pid=waiter.info.backend_pid, holder_pid=holder.info.backend_pid, thread=thread
+        )
+        yield BlockedSession(holder.info.backend_pid, waiter.info.backend_pid, time.monotonic())
+    finally:
+        # Closing the holder's session ends its transaction and so releases the lock, even if the
+        # test left that connection in a failed state; then the waiter's query completes.
+        holder.close()
+        if thread.ident is not None:
+            thread.join(timeout=BLOCK_DEADLINE_S)
+            if thread.is_alive():
+                waiter.cancel()
+                thread.join(timeout=BLOCK_DEADLINE_S)
+        waiter.close()
+        observer.close()
+
+
+def waited_for(session: BlockedSession, seconds: float) -> None:
+    """Return once the waiter has waited at least `seconds` (measured from before it was seen waiting,
+    so a slow box only makes the real wait longer, never shorter)."""
+    time.sleep(max(0.0, session.blocked_at + seconds - time.monotonic()))
+
+
+def check_now(check: str, **kwargs) -> CheckResult:
+    """Run one check on what the server shows now. The test runs in one transaction, where PostgreSQL
+    would otherwise keep answering pg_stat_activity from the snapshot taken at its first read."""
+    execute("SELECT pg_stat_clear_snapshot()")
+    return by_name(run_checks([check], **kwargs))[check]
 
 
 def test_a_session_waiting_on_another_ones_lock_is_flagged(blocked_session):
-    result = wait_for("blocked_queries", lambda r: r.status is not Status.OK)
+    result = check_now("blocked_queries")
 
-    assert result.status is Status.WARN
+    assert result.status is Status.WARN  # waiting for less than the default 60 s
     assert result.value == "1"
     [row] = result.details
-    assert row["blocked_by"] == [blocked_session]
-    assert "dbh-waiter" in row["query"]
-    assert row["blocking_queries"] and row["blocking_queries"][0].startswith("idle in transaction")
-    assert f"blocked by pid {blocked_session}" in result.message
+    assert row["pid"] == blocked_session.waiter_pid
+    assert row["blocked_by"] == [blocked_session.holder_pid]
+    assert row["query"] == WAITER_QUERY
+    assert row["blocking_queries"] == ["idle in transaction: LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"]
+    assert f"blocked by pid {blocked_session.holder_pid}" in result.message
 
 
 def test_a_lock_wait_longer_than_the_threshold_fails_the_check(blocked_session):
-    wait_for("blocked_queries", lambda r: r.status is not Status.OK)
-    time.sleep(0.3)
-    result = by_name(run_checks(["blocked_queries"], long_seconds=0.1))["blocked_queries"]
+    waited_for(blocked_session, 0.3)
+
+    result = check_now("blocked_queries", long_seconds=0.1)
+
     assert result.status is Status.FAIL
+    assert result.details[0]["waiting_seconds"] >= 0.3
 
 
 def test_long_running_queries_and_idle_transactions_are_flagged_past_the_threshold(blocked_session):
-    time.sleep(0.3)
-    result = wait_for("long_running_queries", lambda r: int(r.value) >= 2, long_seconds=0.2)
+    # Past ten times the threshold (LONG_FAIL_FACTOR) for both sessions: the status is `fail`
+    # however slow the box (a wait between 1 and 10 times it would be `warn`).
+    waited_for(blocked_session, 0.6)
 
-    pids = {row["pid"] for row in result.details}
-    assert blocked_session in pids  # idle in transaction, holding the lock
-    assert any("dbh-waiter" in row["query"] for row in result.details)
-    assert result.status in (Status.WARN, Status.FAIL)
-    assert "idle in transaction" in result.message
-    assert (
-        by_name(run_checks(["long_running_queries"], long_seconds=3600))["long_running_queries"].value == "0"
-    )
+    result = check_now("long_running_queries", long_seconds=0.05)
+
+    states = {row["pid"]: row["state"] for row in result.details}
+    assert states[blocked_session.holder_pid] == "idle in transaction"  # holding the lock
+    assert states[blocked_session.waiter_pid] == "active"
+    assert result.status is Status.FAIL
+    assert "idle in transaction, holding locks" in result.message
+    assert check_now("long_running_queries", long_seconds=3600).value == "0"
 
 
 # --- limits --------------------------------------------------------------------------------------------
@@ -285,12 +338,14 @@ def test_maintenance_checks_say_when_autovacuum_is_off():
 
 
 def test_stats_view_check_follows_the_refreshes():
-    from portal.stats_view import tenant_stats_refresh
+    from portal.stats_view import VIEW_NAME, tenant_stats_refresh
 
+    # The state the migration leaves, set here (and rolled back): an earlier transactional test may
+    # have committed a refresh, and the flush after it empties stats_view_refreshes but not the view.
+    execute(f"REFRESH MATERIALIZED VIEW {VIEW_NAME} WITH NO DATA", "DELETE FROM stats_view_refreshes")
     before = by_name(run_checks(["stats_view"]))["stats_view"]
-    if before.value == "never":
-        assert before.status is Status.WARN
-        assert "refresh_stats" in before.message
+    assert (before.status, before.value) == (Status.WARN, "never")
+    assert "refresh_stats" in before.message
     tenant_stats_refresh(concurrently=False)
     after = by_name(run_checks(["stats_view"]))["stats_view"]
     assert after.status is Status.OK

@@ -26,7 +26,8 @@ from leads.models import (
 )
 from leads.tests.factories import LeadOfferFactory, OfferFactory
 from portal.admin_stats import ADMIN_TREND_DAYS, admin_stats_get
-from portal.stats_view import tenant_stats_refresh
+from portal.models import StatsViewRefresh
+from portal.stats_view import VIEW_NAME, tenant_stats_refresh
 
 pytestmark = pytest.mark.django_db
 
@@ -146,7 +147,22 @@ def test_numbers_are_as_of_the_last_refresh(platform, staff_user, client_for):
     assert stale["totals"]["offers"] == before["totals"]["offers"] + 1
 
 
+def make_view_never_refreshed() -> None:
+    """Back to the state the migration leaves: the view unpopulated (WITH NO DATA) and no refresh
+    recorded. Both are undone by the test's rollback.
+
+    A test cannot assume it starts there: a refresh in a `transaction=True` test commits, and the
+    flush after it empties `stats_view_refreshes` but not the materialized view, which keeps that
+    test's rows (populated, yet with no refresh on record) for every test after it.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(f"REFRESH MATERIALIZED VIEW {VIEW_NAME} WITH NO DATA")
+    StatsViewRefresh.objects.filter(view_name=VIEW_NAME).delete()
+
+
 def test_a_view_never_refreshed_reads_zero_with_no_as_of(platform, staff_user, client_for):
+    make_view_never_refreshed()
+
     body = client_for(staff_user).get(URL).json()
 
     assert body["as_of"] is None and body["view_age_s"] is None
