@@ -15,7 +15,10 @@ What each figure counts, over the UTC dates [date_start, date_end] (both include
 - `payments_received`: `total` of completed billing orders, by `paid_at`.
 - `credits_consumed` / `credits_refunded`: ledger CONSUMPTION / REFUND credits, by `created_at`.
 - `attributed_spend`: ad spend (`platform_costs`), each row spread evenly over the days of its
-  period; the days inside the range count.
+  period; the days inside the range count. The shares are exact (spend × days in range / days in
+  period, no intermediate rounding) and each line's total is rounded once, half up, to cents: a
+  summary, tenant or offer over the whole range, a `by_day` row over its day (so the days may not add
+  up to the summary to the cent).
 - `profit` = `leads_ready_value` − `attributed_spend`; `margin_pct` = profit / leads_ready_value ×
   100, two decimals, and null when there is no ready value (a margin of nothing is undefined, not 0).
   "Revenue" is the value of the leads made ready, as in v1 (DOMAIN.md §5.6); cash is
@@ -132,13 +135,32 @@ _SUMMARY, _BY_DAY, _BY_TENANT, _BY_OFFER = 0b111, 0b011, 0b101, 0b100
 # sets with numeric sums, ~1.7× the database CPU. Spend is read once (`idx_platform_costs_date_end`:
 # only the periods that end after the range starts), prorated per row for tenants and offers, and per
 # day from the few distinct periods joined to an integer series the planner can count (never one row
-# per period and day). `{tenant_*}` is empty or "AND <alias>.tenant_id = %(tenant_id)s", a fixed
-# string chosen in code; every value is bound.
+# per period and day), both exactly, in units of 1/`spend_unit`. `{tenant_*}` is empty or
+# "AND <alias>.tenant_id = %(tenant_id)s", a fixed string chosen in code; every value is bound.
 _REVENUE_SQL = """
 WITH costs AS MATERIALIZED (
     SELECT s.tenant_id, s.offer_id, s.date_start, s.date_end, s.spend
     FROM platform_costs s
     WHERE s.date_end >= %(start)s::date AND s.date_start <= %(end)s::date {tenant_s}
+),
+-- Spend is carried in units of 1/d, d a common multiple of the period lengths in play, so every share
+-- (spend × days / length = spend × days × (d / length) / d) stays an exact numeric and only the final
+-- rounding divides. A numeric quotient is rounded to ~20 digits, and a few such quotients can add up
+-- to a hair under a half cent (issue 14: ads of 5.03, 5.09 and 5.09 over 6 days gave 2.534999… for a
+-- 2.535 day, so 2.53, not 2.54). The lengths in play are few, so d stays small: periods of 1 to 31
+-- days (calendar months, partial ones included) give lcm(1..31) ≈ 7.2e13.
+spend_unit AS (
+    WITH RECURSIVE lengths AS MATERIALIZED (  -- read once, not once per step of the fold
+        SELECT n, row_number() OVER (ORDER BY n) AS i
+        FROM (SELECT DISTINCT c.date_end - c.date_start + 1 AS n FROM costs c) l
+    ),
+    folded (i, d) AS (
+        SELECT 0::bigint, 1::numeric
+        UNION ALL
+        SELECT l.i, lcm(f.d, l.n::numeric) FROM folded f JOIN lengths l ON l.i = f.i + 1
+    )
+    -- The lcm only grows along the fold: the last is the largest.
+    SELECT max(d) AS d FROM folded
 ),
 ready AS (
     SELECT lo.tenant_id, lo.offer_id, date_bin('1 day', lo.qualified_at, %(start_at)s) AS day, count(*) AS n
@@ -180,13 +202,15 @@ offer_facts AS (
     UNION ALL
     SELECT s.tenant_id, s.offer_id, 0, 0, 0, 0, 0,
            sum(s.spend * (least(s.date_end, %(end)s::date) - greatest(s.date_start, %(start)s::date) + 1)
-               / (s.date_end - s.date_start + 1))
+               * div((SELECT d FROM spend_unit), s.date_end - s.date_start + 1))
     FROM costs s
     GROUP BY 1, 2
 ),
 periods AS (
-    -- Spend rows share few distinct periods (mostly calendar months): sum them per period first.
-    SELECT s.date_start, s.date_end, sum(s.spend) AS spend
+    -- Spend rows share few distinct periods (mostly calendar months): sum them per period first, and
+    -- take each period's daily share (in units of 1/d) once, not once per day.
+    SELECT s.date_start, s.date_end,
+           sum(s.spend) * div((SELECT d FROM spend_unit), s.date_end - s.date_start + 1) AS daily
     FROM costs s
     GROUP BY 1, 2
 ),
@@ -210,7 +234,7 @@ day_facts AS (
     SELECT (day AT TIME ZONE 'UTC')::date, 0, 0, 0, 0, 0, consumed, refunded, 0
     FROM credits WHERE day IS NOT NULL
     UNION ALL
-    SELECT %(start)s::date + g.i, 0, 0, 0, 0, 0, 0, 0, sum(p.spend / (p.date_end - p.date_start + 1))
+    SELECT %(start)s::date + g.i, 0, 0, 0, 0, 0, 0, 0, sum(p.daily)
     FROM generate_series(0, %(days)s - 1) AS g(i)
     JOIN periods p ON p.date_start <= %(start)s::date + g.i AND p.date_end >= %(start)s::date + g.i
     GROUP BY g.i
@@ -231,10 +255,13 @@ valued AS (
     LEFT JOIN tenant_pricing p ON p.tenant_id = g.tenant_id
 )
 -- Money leaves rounded to cents (round() ties away from zero, as ROUND_HALF_UP): Python does no
--- per-figure arithmetic but profit and margin.
+-- per-figure arithmetic but profit and margin. Spend x, in units of 1/d, rounds the same way in exact
+-- integer arithmetic: floor(100 x / d + 1/2) cents = div(200 x + d, 2 d) (spend is never negative;
+-- `(SELECT d FROM spend_unit)` is computed once per statement).
 SELECT CASE WHEN v.whole_tenant = 1 THEN %(by_tenant)s ELSE %(by_offer)s END, NULL::date,
        v.tenant_id, v.offer_id, v.ready, round(v.ready_value, 2), v.delivered, round(v.delivered_value, 2),
-       round(v.payments, 2), v.consumed, v.refunded, round(v.spend, 2),
+       round(v.payments, 2), v.consumed, v.refunded,
+       div(200 * v.spend + (SELECT d FROM spend_unit), 2 * (SELECT d FROM spend_unit)) * 0.01,
        t.name, o.name, round(v.price, 2), coalesce(b.balance, 0), NULL::bigint
 FROM valued v
 LEFT JOIN tenants t ON t.id = v.tenant_id
@@ -247,7 +274,10 @@ SELECT %(summary)s, NULL, NULL, NULL,
        coalesce(sum(v.ready), 0)::bigint, round(coalesce(sum(v.ready_value), 0), 2),
        coalesce(sum(v.delivered), 0)::bigint, round(coalesce(sum(v.delivered_value), 0), 2),
        round(coalesce(sum(v.payments), 0), 2), coalesce(sum(v.consumed), 0)::bigint,
-       coalesce(sum(v.refunded), 0)::bigint, round(coalesce(sum(v.spend), 0), 2), NULL, NULL, NULL, NULL,
+       coalesce(sum(v.refunded), 0)::bigint,
+       div(200 * coalesce(sum(v.spend), 0) + (SELECT d FROM spend_unit),
+           2 * (SELECT d FROM spend_unit)) * 0.01,
+       NULL, NULL, NULL, NULL,
        (SELECT coalesce(sum(b2.balance), 0) FROM tenant_credit_balances b2 WHERE TRUE {tenant_b2})
 FROM valued v
 WHERE v.whole_tenant = 1
@@ -255,7 +285,9 @@ UNION ALL
 SELECT %(by_day)s, f.day, NULL, NULL,
        sum(f.ready)::bigint, round(sum(f.ready_value), 2), sum(f.delivered)::bigint,
        round(sum(f.delivered_value), 2), round(sum(f.payments), 2), sum(f.consumed)::bigint,
-       sum(f.refunded)::bigint, round(sum(f.spend), 2), NULL, NULL, NULL, NULL, NULL
+       sum(f.refunded)::bigint,
+       div(200 * sum(f.spend) + (SELECT d FROM spend_unit), 2 * (SELECT d FROM spend_unit)) * 0.01,
+       NULL, NULL, NULL, NULL, NULL
 FROM day_facts f
 GROUP BY f.day
 """
