@@ -4,7 +4,9 @@ Signing uses the `standardwebhooks` package: `webhook-signature` is `v1,` + base
 `{webhook-id}.{webhook-timestamp}.{body}` keyed by the destination's `whsec_` secret.
 
 The address guard resolves the destination's host once, refuses loopback, private, link-local,
-multicast and other non-global addresses (unless `DELIVERY_ALLOW_PRIVATE_NETWORKS`), then connects to
+multicast and other non-global addresses, IPv6 forms that carry an IPv4 address (mapped, compatible,
+translated, NAT64, 6to4, Teredo) and IPv4 written in non-standard forms (127.1, 0x7f.1, 2130706433),
+unless `DELIVERY_ALLOW_PRIVATE_NETWORKS`; `address_refusal` is its one decision. It then connects to
 the address it checked — the URL's host is swapped for that IP, with the original name kept in the
 `Host` header and as the TLS server name — so a DNS answer that changes between check and connect
 (rebinding) cannot steer a request inside our network.
@@ -23,9 +25,10 @@ import email.utils
 import ipaddress
 import os
 import socket
+import string
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -87,48 +90,265 @@ def signed_headers(
 
 
 # --- The address guard ----------------------------------------------------------------------------
+#
+# Decision: an IPv6 address that carries an IPv4 address (IPv4-mapped, IPv4-compatible,
+# IPv4-translated, NAT64, 6to4, Teredo) is refused even when the IPv4 inside is public. Where such a
+# packet lands is decided by a translator or relay we do not control (a cloud NAT64 gateway can
+# reach the VPC's private range), every spelling we fail to unwrap would be a way in, and no
+# receiver needs one: a receiver with IPv6 has a native address, one without publishes an A record
+# that we connect to directly. The cost: a worker on an IPv6-only network behind DNS64 could not reach
+# IPv4-only receivers (we do not run one). The IPv4 inside is still unwrapped, to say what it reaches.
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[str]]
 
 
-def address_is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Only globally routable unicast addresses; IPv4-mapped IPv6 is judged as the IPv4 it maps."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
+def _networks(
+    *entries: tuple[str, str],
+) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]:
+    return tuple((ipaddress.ip_network(network), label) for network, label in entries)
+
+
+# Checked before `is_global`, whose answers differ between Python versions (3.11 calls ::a.b.c.d,
+# 64:ff9b::/96, 3fff::/20 and global-scope multicast global): the IANA special-purpose registries,
+# spelled out.
+_IPV4_NOT_GLOBAL = _networks(
+    ("0.0.0.0/8", "unspecified (this network)"),
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "carrier-grade NAT"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "reserved for IETF protocols"),
+    ("192.0.2.0/24", "documentation"),
+    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved"),  # 255.255.255.255 (broadcast) included
+)
+_IPV6_NOT_GLOBAL = _networks(
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("100::/64", "discard-only"),
+    ("2001::/23", "reserved for IETF protocols"),
+    ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
+    ("5f00::/16", "segment routing"),
+    ("fc00::/7", "unique local"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local"),
+    ("ff00::/8", "multicast"),
+)
+# IANA allocates global unicast from 2000::/3 only; everything outside it is special or unassigned.
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291 §2.5.5.1, deprecated
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765
+
+
+@dataclass(frozen=True)
+class EmbeddedIPv4:
+    """An IPv4 address carried inside an IPv6 one: the form, the address and its role (if any)."""
+
+    form: str
+    address: ipaddress.IPv4Address
+    role: str = ""
+
+
+def _rfc6052_ipv4(address: ipaddress.IPv6Address, prefix_length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address in an RFC 6052 §2.2 IPv4-embedded IPv6 address with that prefix length.
+
+    The 32 IPv4 bits follow the prefix but skip bits 64..71 (the "u" octet, always zero): for a /48
+    they are bits 48..63 and 72..87, for a /96 bits 96..127 (where the u octet is inside the prefix).
+    """
+    packed = address.packed
+    if prefix_length == 96:
+        return ipaddress.IPv4Address(packed[12:])
+    without_u_octet = packed[:8] + packed[9:]
+    start = prefix_length // 8
+    return ipaddress.IPv4Address(without_u_octet[start : start + 4])
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[EmbeddedIPv4]:
+    """Every IPv4 address `address` carries, by transition form; empty for native IPv6."""
+    if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d
+        return [EmbeddedIPv4("IPv4-mapped IPv6", address.ipv4_mapped)]
+    low32 = ipaddress.IPv4Address(address.packed[12:])
+    if address in _IPV4_TRANSLATED:  # ::ffff:0:a.b.c.d
+        return [EmbeddedIPv4("IPv4-translated IPv6", low32)]
+    if address in _IPV4_COMPATIBLE and int(address) > 1:  # ::a.b.c.d; :: and ::1 are themselves
+        return [EmbeddedIPv4("IPv4-compatible IPv6", low32)]
+    if address in _NAT64_WELL_KNOWN:
+        return [EmbeddedIPv4("NAT64 IPv6 (64:ff9b::/96)", low32)]
+    if address in _NAT64_LOCAL_USE:
+        # RFC 8215 lets an operator use any RFC 6052 prefix length from /48 on inside 64:ff9b:1::/48,
+        # so which bits hold the IPv4 address is the operator's choice: every reading is reported
+        # (the whole prefix is refused anyway).
+        found: dict[ipaddress.IPv4Address, list[str]] = {}
+        for prefix_length in (48, 56, 64, 96):
+            found.setdefault(_rfc6052_ipv4(address, prefix_length), []).append(f"/{prefix_length}")
+        return [
+            EmbeddedIPv4(
+                "NAT64 local-use IPv6 (64:ff9b:1::/48)", ipv4, f"with a {' or '.join(lengths)} prefix"
+            )
+            for ipv4, lengths in found.items()
+        ]
+    if address.sixtofour is not None:  # 2002:AABB:CCDD::/48 carries AA.BB.CC.DD in bits 16..47
+        return [EmbeddedIPv4("6to4 IPv6 (2002::/16)", address.sixtofour)]
+    if address.teredo is not None:
+        # 2001:0::/32: the server's IPv4 in bits 32..63, the client's in bits 96..127 with every bit
+        # inverted (RFC 4380 §4); the standard library undoes the inversion.
+        server, client = address.teredo
+        return [
+            EmbeddedIPv4("Teredo IPv6 (2001::/32)", server, "the Teredo server"),
+            EmbeddedIPv4("Teredo IPv6 (2001::/32)", client, "the Teredo client"),
+        ]
+    return []
+
+
+def _ipv4_refusal(address: ipaddress.IPv4Address) -> str | None:
+    for network, label in _IPV4_NOT_GLOBAL:
+        if address in network:
+            return label
+    # Whatever else the running Python knows to be special.
+    return None if address.is_global else "not globally routable"
+
+
+def _ipv6_refusal(address: ipaddress.IPv6Address) -> str | None:
+    for network, label in _IPV6_NOT_GLOBAL:
+        if address in network:
+            return label
+    if address not in _IPV6_GLOBAL_UNICAST:
+        return "outside global unicast (2000::/3)"
+    return None if address.is_global else "not globally routable"
+
+
+def _describe_embedded(item: EmbeddedIPv4) -> str:
+    notes = [_ipv4_refusal(item.address) or "public", item.role]
+    return f"{item.address} ({', '.join(note for note in notes if note)})"
+
+
+def address_refusal(address: IPAddress) -> str | None:
+    """Why no delivery may connect to `address`, or None when one may.
+
+    The one decision of the address guard, used when a tenant saves a URL and again for the DNS
+    answers of every send: only native, globally routable unicast addresses are allowed.
+    """
+    if isinstance(address, ipaddress.IPv4Address):
+        return _ipv4_refusal(address)
+    if address.scope_id:
+        # A zone index only means something on a link of this machine.
+        return "scoped to a network interface"
+    embedded = embedded_ipv4(address)
+    if embedded:
+        carried = ", ".join(_describe_embedded(item) for item in embedded)
+        return f"{embedded[0].form} carrying {carried}; IPv4 inside IPv6 is never accepted"
+    return _ipv6_refusal(address)
+
+
+def address_is_public(address: IPAddress) -> bool:
+    """True when deliveries may connect to `address` (see `address_refusal`)."""
+    return address_refusal(address) is None
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses the operating system resolves `host` to (`socket.gaierror` if none)."""
+    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+# The resolver the guard asks; tests swap it (monkeypatch.setattr(outbound, "resolver", ...)) to
+# give any DNS answer without a DNS server or a hosts file.
+resolver: Resolver = system_resolver
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return _ip_literal(host) is not None
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One part of a numeric IPv4 host as the WHATWG URL standard reads it (hex, octal or decimal)."""
+    if part[:2].lower() == "0x":
+        digits, alphabet, base = part[2:], string.hexdigits, 16
+    elif len(part) > 1 and part.startswith("0"):
+        digits, alphabet, base = part[1:], string.octdigits, 8
+    else:
+        digits, alphabet, base = part, string.digits, 10
+    if not digits:
+        return 0 if base == 16 else None  # a bare "0x" is zero
+    # Checked by hand: int() would also take "+", "_" and spaces.
+    if not all(char in alphabet for char in digits):
+        return None
+    return int(digits, base)
+
+
+def _numeric_ipv4_host(host: str) -> tuple[bool, ipaddress.IPv4Address | None]:
+    """Whether `host` is an IPv4 address in some spelling, and which one (None if it cannot be).
+
+    Browsers (the WHATWG URL standard) and the C library read a host whose last label is a number as
+    IPv4, in shorthand, octal, hex or as one 32-bit number: 127.1, 0177.0.0.1, 0x7f.1, 2130706433.
+    """
+    parts = host.split(".")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # one trailing dot is allowed
+    last_part = parts[-1]
+    if not (last_part.isascii() and last_part.isdigit()) and _ipv4_number(last_part) is None:
+        return False, None  # a name
+    numbers = [_ipv4_number(part) for part in parts]
+    if len(numbers) > 4 or None in numbers:
+        return True, None
+    *leading, last = [number for number in numbers if number is not None]
+    # The last number fills all the bytes the others leave: 127.1 is 127.0.0.1.
+    if any(number > 255 for number in leading) or last >= 256 ** (5 - len(numbers)):
+        return True, None
+    value = sum(number << (8 * (3 - index)) for index, number in enumerate(leading)) + last
+    return True, ipaddress.IPv4Address(value)
 
 
 def resolve_checked(host: str, port: int, *, allow_private: bool) -> str:
     """Resolve `host` and return the address to connect to, or raise `AddressRefused`.
 
-    Every address the name resolves to must be public (a name with one private answer is refused:
-    which answer a client picks is not ours to predict).
+    Every address the name resolves to must pass `address_refusal` (a name with one refused answer
+    is refused: which answer a client picks is not ours to predict).
     """
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
+    literal = _ip_literal(host)
+    if literal is None and not allow_private:
+        numeric, meaning = _numeric_ipv4_host(host)
+        if numeric:
+            # Refused even when public: software disagrees about what these spellings mean.
+            what = f"is {meaning} in a non-standard form" if meaning else "is not a valid IPv4 address"
+            raise AddressRefused(f"{host} {what}; write IPv4 addresses as four decimal numbers (a.b.c.d).")
     if literal is not None:
         addresses = [literal]
     else:
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
+            answers = resolver(host, port)
+        except (OSError, UnicodeError) as exc:
             raise AddressRefused(f"{host} does not resolve ({exc}).") from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        try:
+            # A scope suffix (%eth0) from the resolver names an interface, not an address.
+            addresses = list(dict.fromkeys(ipaddress.ip_address(answer.split("%")[0]) for answer in answers))
+        except ValueError as exc:
+            raise AddressRefused(f"{host} resolves to something that is not an address ({exc}).") from None
         if not addresses:
             raise AddressRefused(f"{host} does not resolve.")
     if not allow_private:
-        private = [str(a) for a in addresses if not address_is_public(a)]
-        if private:
+        refused = [(address, address_refusal(address)) for address in addresses]
+        details = [f"{address} is {reason}" for address, reason in refused if reason]
+        if details:
             raise AddressRefused(
-                f"{host} resolves to a non-public address ({', '.join(private)}); deliveries only go to"
+                f"{host} resolves to a non-public address ({'; '.join(details)}); deliveries only go to"
                 " public addresses."
             )
     return str(addresses[0])
@@ -136,25 +356,30 @@ def resolve_checked(host: str, port: int, *, allow_private: bool) -> str:
 
 def url_problems(url: str, *, allow_private: bool) -> list[str]:
     """Why `url` cannot be a delivery destination (empty when it can). Resolves the host."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:
+        # urlsplit refuses malformed bracketed hosts such as [::ffff:127.1].
+        return ["The URL is not valid."]
     problems: list[str] = []
     allowed_schemes = {"https", "http"} if allow_private else {"https"}
     if parts.scheme not in allowed_schemes:
         problems.append("The URL must use https.")
-    if not parts.hostname:
+    if not hostname:
         problems.append("The URL has no host.")
     if parts.username or parts.password:
         problems.append("Credentials in the URL are not allowed; the signature authenticates us.")
     if parts.fragment:
         problems.append("The URL must not have a fragment.")
-    if problems:
+    if problems or not hostname:
         return problems
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return ["The URL's port is not valid."]
     try:
-        resolve_checked(parts.hostname, port, allow_private=allow_private)
+        resolve_checked(hostname, port, allow_private=allow_private)
     except AddressRefused as exc:
         problems.append(str(exc))
     return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection
@@ -18,6 +19,7 @@ from werkzeug import Request, Response
 
 from billing.models import CreditLedger, CreditTransactionType, TenantCreditBalance
 from billing.services import credit_adjust, credit_bonus_grant, credit_purchase_record
+from deliveries import outbound
 from deliveries.models import (
     Delivery,
     DeliveryAttempt,
@@ -36,6 +38,7 @@ from deliveries.services import (
     lead_offer_qualify,
 )
 from deliveries.services.lifecycle import DeliveryNotRefundable, backoff_delay_s
+from deliveries.tests.address_forms import FakeDNS
 from deliveries.tests.factories import DeliveryDestinationFactory
 from leads.models import BillingEligibility, LeadEvent, LeadEventType, LeadOfferStatus
 from leads.tests.factories import LeadOfferFactory
@@ -351,6 +354,37 @@ def test_private_destination_is_refused_without_connecting(receiver, settings):
     assert delivery.status == DeliveryStatus.FAILED
     assert delivery.error_message.startswith("refused:")
     assert delivery.attempts.get().status_code is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param("::ffff:0:7f00:1", id="_case_translated_loopback"),
+        pytest.param("::7f00:1", id="_case_compatible_loopback"),
+        pytest.param("64:ff9b::7f00:1", id="_case_nat64_loopback"),
+        pytest.param("2002:7f00:1::", id="_case_6to4_loopback"),
+    ],
+)
+def test_a_dns_answer_carrying_loopback_in_ipv6_is_refused_without_connecting(
+    receiver, settings, monkeypatch, answer
+):
+    settings.DELIVERY_ALLOW_PRIVATE_NETWORKS = False
+    dns = FakeDNS({"receiver.example": [answer]})
+    monkeypatch.setattr(outbound, "resolver", dns)
+    # Plain http to the receiver's port: a send that followed the answer to 127.0.0.1 would land there.
+    port = urlsplit(receiver.url).port
+    lead_offer = ready_lead(destination_url=f"http://receiver.example:{port}/hook")
+
+    deliveries_dispatch()
+
+    delivery = Delivery.objects.get(lead_offer=lead_offer)
+    assert receiver.requests == []
+    assert dns.questions == ["receiver.example"]
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.error_message.startswith("refused: receiver.example resolves to a non-public address")
+    assert "127.0.0.1 (loopback)" in delivery.error_message
+    assert delivery.attempts.get().status_code is None
+    assert balance_of(lead_offer.tenant) == 5
 
 
 def test_refund_gives_the_credit_back_once(receiver, staff_user):

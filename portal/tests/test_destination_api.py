@@ -13,7 +13,9 @@ from standardwebhooks import Webhook
 from converzia.api.throttling import DeliveryTestRateThrottle
 from converzia.models import MembershipStatus, TenantRole
 from converzia.tests.factories import TenantMemberFactory
+from deliveries import outbound
 from deliveries.models import DeliveryDestination
+from deliveries.tests.address_forms import ALLOWED, ISSUE_15, REFUSED, FakeDNS
 from deliveries.tests.factories import DeliveryDestinationFactory
 
 pytestmark = pytest.mark.django_db
@@ -199,6 +201,78 @@ def test_put_refuses_private_addresses_where_they_are_not_allowed(tenant, owner,
     (problem,) = error(response)["details"]["url"]
     assert "non-public address" in problem
     assert not DeliveryDestination.objects.exists()
+
+
+@pytest.mark.parametrize(("host", "says"), REFUSED)
+def test_put_refuses_every_spelling_of_a_non_public_address_and_changes_nothing(
+    tenant, owner, client_for, settings, monkeypatch, host, says
+):
+    """Issue 15: IPv4 inside IPv6, numeric IPv4, plain private addresses (tests/address_forms.py)."""
+    settings.DELIVERY_ALLOW_PRIVATE_NETWORKS = False
+    dns = FakeDNS()  # every form is a literal: the resolver must not even be asked
+    monkeypatch.setattr(outbound, "resolver", dns)
+    existing = DeliveryDestinationFactory(tenant=tenant, url="https://93.184.216.34/hook")
+
+    response = put(client_for(owner), {"url": f"https://{host}/hook", "is_active": False})
+
+    assert response.status_code == 400
+    body = error(response)
+    assert set(body) == {"code", "message", "details", "request_id"}
+    assert body["code"] == "invalid_input"
+    assert body["message"] == "The destination URL cannot be used."
+    assert list(body["details"]) == ["url"]
+    (problem,) = body["details"]["url"]
+    assert says in problem
+    assert dns.questions == []
+    stored = DeliveryDestination.objects.get(tenant=tenant)
+    assert (stored.pk, stored.url, stored.secret, stored.is_active) == (
+        existing.pk,
+        "https://93.184.216.34/hook",
+        existing.secret,
+        True,
+    )
+
+
+@pytest.mark.parametrize(("host", "says"), ISSUE_15)
+def test_put_of_a_wrapped_address_stores_nothing(tenant, owner, client_for, settings, host, says):
+    settings.DELIVERY_ALLOW_PRIVATE_NETWORKS = False
+
+    response = put(client_for(owner), {"url": f"https://{host}/hook"})
+
+    assert response.status_code == 400
+    assert error(response)["code"] == "invalid_input"
+    assert says in error(response)["details"]["url"][0]
+    assert not DeliveryDestination.objects.exists()
+
+
+def test_put_refuses_a_name_whose_dns_answer_wraps_a_private_address(
+    tenant, owner, client_for, settings, monkeypatch
+):
+    settings.DELIVERY_ALLOW_PRIVATE_NETWORKS = False
+    monkeypatch.setattr(outbound, "resolver", FakeDNS({"receiver.example": ["64:ff9b::a9fe:a9fe"]}))
+
+    response = put(client_for(owner), {"url": "https://receiver.example/hook"})
+
+    assert response.status_code == 400
+    assert error(response)["details"] == {
+        "url": [
+            "receiver.example resolves to a non-public address (64:ff9b::a9fe:a9fe is NAT64 IPv6"
+            " (64:ff9b::/96) carrying 169.254.169.254 (link-local); IPv4 inside IPv6 is never accepted);"
+            " deliveries only go to public addresses."
+        ]
+    }
+    assert not DeliveryDestination.objects.exists()
+
+
+@pytest.mark.parametrize("host", ALLOWED)
+def test_put_accepts_native_public_addresses(tenant, owner, client_for, settings, host):
+    settings.DELIVERY_ALLOW_PRIVATE_NETWORKS = False
+
+    response = put(client_for(owner), {"url": f"https://{host}/hook"})
+
+    assert response.status_code == 201  # created
+    assert response.json()["url"] == f"https://{host}/hook"
+    assert DeliveryDestination.objects.get(tenant=tenant).url == f"https://{host}/hook"
 
 
 @pytest.mark.parametrize(
@@ -469,10 +543,15 @@ def test_the_schema_documents_the_destination_routes():
         for path in (URL, ROTATE_URL, TEST_URL)
         for operation in paths[path].values()
     )
-    assert sorted(paths[URL]["get"]["responses"]) == ["200", "400", "401", "403", "500"]
-    assert sorted(paths[URL]["put"]["responses"]) == ["200", "201", "400", "401", "403", "500"]
-    assert sorted(paths[ROTATE_URL]["post"]["responses"]) == ["200", "400", "401", "403", "409", "500"]
-    assert sorted(paths[TEST_URL]["post"]["responses"]) == ["200", "400", "401", "403", "409", "429", "500"]
+    assert sorted(paths[URL]["get"]["responses"]) == ["200", "400", "401", "403", "500", "503"]
+    assert sorted(paths[URL]["put"]["responses"]) == ["200", "201", "400", "401", "403", "500", "503"]
+    assert sorted(paths[ROTATE_URL]["post"]["responses"]) == ["200", "400", "401", "403", "409", "500", "503"]
+    assert sorted(paths[TEST_URL]["post"]["responses"]) == [
+        *("200", "400", "401", "403", "409", "429", "500", "503")
+    ]
+    # Writes say that a paused tenant refuses them; reads do not.
+    assert "tenant_suspended" in paths[URL]["put"]["responses"]["403"]["description"]
+    assert "tenant_suspended" not in paths[URL]["get"]["responses"]["403"]["description"]
     components = schema["components"]["schemas"]
     assert "secret" not in components["DeliveryDestination"]["properties"]
     assert "secret" in components["DeliveryDestinationCreated"]["properties"]
