@@ -18,11 +18,12 @@ LOAD_SPAWN_RATE ?= 5
 LOAD_TIME ?= 30s
 LOAD_HOST ?=
 
-.PHONY: help install install-dev install-otel run test-lead test lint format migrations-check load reset test-env
+.PHONY: help install install-dev install-otel run test-lead chaos test lint format migrations-check load reset test-env
 
 help:
 	@echo "make run               start the stack (embedded PostgreSQL/Valkey unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test-lead         send a signed Meta test lead into the running make run, follow it to the portal"
+	@echo "make chaos             the chaos suite (TARGETS reliability 1, 2, 3, 5, 11, 12) on private servers"
 	@echo "make test              run the test suite (PYTEST_ARGS='-k ... --create-db' to pass options)"
 	@echo "make install-dev       add the test, lint and load packages (requirements-dev.txt)"
 	@echo "make install-otel      add the optional OpenTelemetry packages (requirements-otel.txt)"
@@ -67,6 +68,11 @@ test-lead: $(INSTALLED)
 
 test: $(DEV_INSTALLED) $(OTEL_INSTALLED)
 	$(PY) -m converzia.devstack test -- $(PYTEST_ARGS)
+
+# The chaos suite on private servers (docs/operations.md "Chaos suite"); CHAOS_ARGS=--short for CI's size.
+CHAOS_ARGS ?=
+chaos: $(DEV_INSTALLED)
+	$(PY) -m converzia.chaos $(CHAOS_ARGS)
 
 test-env: $(INSTALLED)
 	@$(PY) -m converzia.devstack test-env
