@@ -13,6 +13,7 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "forbidden"
     NOT_A_MEMBER = "not_a_member"
     TENANT_REQUIRED = "tenant_required"
+    TENANT_SUSPENDED = "tenant_suspended"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
@@ -72,6 +73,16 @@ class TenantRequired(DomainError):
         ErrorCode.TENANT_REQUIRED,
         400,
         "Name the tenant to act for with the X-Tenant-ID header.",
+    )
+
+
+class TenantSuspended(DomainError):
+    """A member tried to change something while their tenant is SUSPENDED or ARCHIVED (read-only)."""
+
+    code, http_status, message = (
+        ErrorCode.TENANT_SUSPENDED,
+        403,
+        "Your tenant is suspended: you can read its data and billing, but not change anything.",
     )
 
 

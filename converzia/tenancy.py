@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from django.db import models
 
@@ -46,6 +46,20 @@ def role_has(role: str | None, permission: Permission) -> bool:
     return role is not None and permission in ROLE_PERMISSIONS.get(role, frozenset())
 
 
+# Tenant status (docs/api.md "Tenant status"), as code: the only place it is decided.
+# A tenant in one of these statuses is paused: its members may still read everything they could
+# (their leads, stats, billing), but every write answers 403 `tenant_suspended`; its deliveries stay
+# due without being attempted or charged, and go out once it is ACTIVE again; ingestion keeps storing
+# its leads (nothing is lost while it is paused); staff are not affected. PENDING is not paused: its
+# members (ACTIVE only after approval, or added by staff) set the tenant up before it goes live.
+# TenantStatus values, spelled out because converzia.models imports this module.
+PAUSED_TENANT_STATUSES: frozenset[str] = frozenset({"SUSPENDED", "ARCHIVED"})
+
+
+def tenant_is_paused(tenant: Tenant) -> bool:
+    return tenant.status in PAUSED_TENANT_STATUSES
+
+
 class TenantScopedQuerySet(models.QuerySet[Any]):
     """QuerySet for models that carry a `tenant` foreign key."""
 
@@ -80,14 +94,28 @@ class TenantContext:
     def can(self, permission: Permission) -> bool:
         return self.is_staff or role_has(self.role, permission)
 
+    def ensure_may_write(self) -> None:
+        """Raise `TenantSuspended` when the tenant is paused (members only read; staff may write)."""
+        from converzia.errors import TenantSuspended
+
+        if self.is_staff or not tenant_is_paused(self.tenant):
+            return
+        status = self.tenant.status
+        message = None
+        if status == "ARCHIVED":
+            message = "Your tenant is archived: you can read its data and billing, but not change anything."
+        raise TenantSuspended(message, details={"tenant_status": status})
+
 
 def resolve_tenant(user: User, tenant_header: str | None) -> TenantContext:
     """Resolve the tenant for a request (API.md "Tenant").
 
     The caller's only ACTIVE membership, or the one named by `X-Tenant-ID` when the caller has several.
-    Staff may name any tenant. Raises `TenantRequired` or `NotAMember`.
+    Staff may name any tenant. Raises `TenantRequired` (several memberships, or staff, and no header)
+    or `NotAMember` (the named tenant is not one of the caller's, or the caller has no ACTIVE
+    membership at all: naming a tenant would not help them).
     """
-    from converzia.errors import InvalidInput, TenantRequired
+    from converzia.errors import InvalidInput
     from converzia.models import TenantMember
 
     requested_id: uuid.UUID | None = None
@@ -112,7 +140,7 @@ def resolve_tenant(user: User, tenant_header: str | None) -> TenantContext:
             return _staff_context(user, requested_id)
         if len(cached) == 1:
             return TenantContext(tenant=cached[0].tenant, role=cached[0].role, is_staff=user.is_staff)
-        raise TenantRequired()
+        _raise_no_choice(user, memberships=len(cached))
 
     memberships = TenantMember.objects.active().filter(user=user).select_related("tenant")
     if requested_id is not None:
@@ -124,7 +152,20 @@ def resolve_tenant(user: User, tenant_header: str | None) -> TenantContext:
     found = list(memberships[:2])
     if len(found) == 1:
         return TenantContext(tenant=found[0].tenant, role=found[0].role, is_staff=user.is_staff)
-    raise TenantRequired()
+    _raise_no_choice(user, memberships=len(found))
+
+
+def _raise_no_choice(user: User, *, memberships: int) -> NoReturn:
+    """No header and not exactly one ACTIVE membership (API.md "Tenant").
+
+    Several memberships: the caller must name one (400 `tenant_required`); so must staff, who may
+    name any tenant. None at all: the caller is a member of nothing (403 `not_a_member`).
+    """
+    from converzia.errors import NotAMember, TenantRequired
+
+    if memberships or user.is_staff:
+        raise TenantRequired()
+    raise NotAMember("You are not an active member of any tenant.")
 
 
 def _staff_context(user: User, tenant_id: uuid.UUID) -> TenantContext:

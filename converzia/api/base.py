@@ -5,6 +5,12 @@ Pick one of:
 - `TenantApiView` / `TenantViewSet`: portal endpoints. The tenant is resolved once per request (API.md
   "Tenant"), kept on `request.tenant_context` / `self.tenant`, put in the logging context, and the role
   is checked against the view's declarative `required_permission` (or `action_permissions[action]`).
+  Writes (any method but GET, HEAD, OPTIONS) are refused while the tenant is paused (403
+  `tenant_suspended`, `converzia.tenancy.PAUSED_TENANT_STATUSES`), except for staff.
+
+OPTIONS is answered by `ApiMetadata` after the same checks as the route's methods: a tenant route
+answers it to whoever may call at least one of its methods, and refuses anyone else exactly as that
+method would (docs/api.md "OPTIONS and HEAD"). HEAD is GET without the body.
 
 Every view declares the query parameters it understands in `allowed_query_params` (a set, or a mapping
 from viewset action to a set); anything else answers 400 `invalid_input`. The pagination parameters
@@ -18,9 +24,11 @@ from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.generics import GenericAPIView
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.viewsets import GenericViewSet, ViewSetMixin
 
+from converzia.api.metadata import ApiMetadata
 from converzia.api.pagination import KeysetPagination
 from converzia.api.schema import ApiAutoSchema
 from converzia.errors import Forbidden, InvalidInput
@@ -40,6 +48,7 @@ class ApiMixin:
 
     allowed_query_params: ClassVar[Iterable[str] | Mapping[str, Iterable[str]]] = ()
     schema = ApiAutoSchema()
+    metadata_class = ApiMetadata
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
@@ -117,21 +126,41 @@ class TenantMixin:
         request.tenant_context = context  # type: ignore[attr-defined]
         request._request.tenant_context = context  # type: ignore[attr-defined]
         tenant_id_var.set(str(context.tenant.pk))
-        permission = self.get_required_permission()
-        if permission is not None and not context.can(permission):
+        if request.method == "OPTIONS":
+            candidates = self.get_route_permissions()
+        else:
+            candidates = [self.get_required_permission()]
+        if not any(permission is None or context.can(permission) for permission in candidates):
+            # The refusal of the route's first method (its GET, when it has one).
+            permission = candidates[0]
             raise Forbidden(
                 f"Your role does not allow this ({permission}).",
                 details={"required_permission": str(permission)},
             )
+        if request.method not in SAFE_METHODS:
+            context.ensure_may_write()
 
-    def get_required_permission(self) -> Permission | None:
-        action = getattr(self, "action", None)
+    def get_required_permission(self, action: str | None = None) -> Permission | None:
+        """The permission the current action (or `action`) needs; None means any member."""
+        action = action or getattr(self, "action", None)
         if action in self.action_permissions:
             return self.action_permissions[action]
         permission = self.required_permission
         if permission is _UNDECLARED:
             raise ImproperlyConfigured(f"{type(self).__name__} must declare required_permission.")
         return permission  # type: ignore[return-value]
+
+    def get_route_permissions(self) -> list[Permission | None]:
+        """The permission of each method this route answers, in the route's order (GET first).
+
+        OPTIONS describes the route, not one action: DRF runs it as the implicit `metadata` action,
+        which no view declares a permission for.
+        """
+        action_map: Mapping[str, str] = getattr(self, "action_map", None) or {}
+        actions = [action for method, action in action_map.items() if method not in ("head", "options")]
+        if not actions:  # a plain view: one permission for all its methods
+            return [self.get_required_permission()]
+        return [self.get_required_permission(action) for action in actions]
 
     @property
     def tenant(self) -> Tenant:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from converzia.api.base import ApiView
+from converzia.api.metadata import ApiMetadata
+from converzia.api.renderers import OrjsonRenderer
 from converzia.api.serializers import (
     HealthLiveSerializer,
     TokenCredentialsSerializer,
@@ -63,6 +68,7 @@ class HealthLiveView(ApiView):
     authentication_classes = ()
     permission_classes = (AllowAny,)
     throttle_classes = ()
+    schema_uses_database = False
 
     @extend_schema(
         operation_id="health_live", responses={200: HealthLiveSerializer}, auth=[], tags=["health"]
@@ -102,3 +108,31 @@ class HealthView(ApiView):
     def get(self, request: Request) -> Response:
         result = readiness()
         return Response(result.body, status=result.http_status, headers={"Cache-Control": "no-store"})
+
+
+class JsonOptionsMixin:
+    """For views whose renderers are not JSON (the schema's YAML, the docs page's HTML template, which
+    cannot render it at all: that was a 500): OPTIONS answers JSON, like on every other route."""
+
+    metadata_class = ApiMetadata
+
+    def get_renderers(self) -> list[Any]:
+        request = getattr(self, "request", None)
+        if request is not None and request.method == "OPTIONS":
+            return [OrjsonRenderer()]
+        return super().get_renderers()  # type: ignore[misc]
+
+
+class ApiSchemaView(JsonOptionsMixin, SpectacularAPIView):
+    """The OpenAPI schema. Public on purpose: the contract is not a secret, and clients generate code
+    from it."""
+
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+
+
+class ApiDocsView(JsonOptionsMixin, SpectacularSwaggerView):
+    """The Swagger UI page (public, like the schema it renders)."""
+
+    authentication_classes = ()
+    permission_classes = (AllowAny,)

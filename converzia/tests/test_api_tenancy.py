@@ -7,10 +7,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.urls import include, path
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.test import APIClient
+from rest_framework.test import APIClient, APIRequestFactory, force_authenticate
 
 from converzia.api.base import TenantApiView, TenantViewSet
-from converzia.models import MembershipStatus, TenantRole
+from converzia.models import MembershipStatus, TenantRole, TenantStatus
 from converzia.request_context import tenant_id_var
 from converzia.tenancy import Permission
 from converzia.tests.factories import TenantMemberFactory
@@ -42,6 +42,16 @@ class AnyMemberView(TenantApiView):
         return Response({"role": request.tenant_context.role})
 
 
+class AnyMemberWriteView(TenantApiView):
+    required_permission = None
+
+    def get(self, request: Request) -> Response:
+        return Response({"read": True})
+
+    def post(self, request: Request) -> Response:
+        return Response({"written": True})
+
+
 class UndeclaredView(TenantApiView):
     def get(self, request: Request) -> Response:
         return Response({})
@@ -50,6 +60,7 @@ class UndeclaredView(TenantApiView):
 urlpatterns = [
     path("api/test/tenant", TenantEchoView.as_view()),
     path("api/test/any-member", AnyMemberView.as_view()),
+    path("api/test/any-member-write", AnyMemberWriteView.as_view()),
     path("", include("converzia.urls")),
 ]
 handler404 = "converzia.views.page_not_found"
@@ -103,13 +114,27 @@ def test_header_picks_one_of_several_memberships(tenant, other_tenant, client_fo
     assert response.json()["role"] == "VIEWER"
 
 
-def test_user_without_memberships_is_tenant_required(client_for):
+def test_user_without_memberships_is_not_a_member(client_for):
     from converzia.tests.factories import UserFactory
 
     response = client_for(UserFactory()).get(URL)
 
-    assert response.status_code == 400
-    assert error_code(response) == "tenant_required"
+    # API.md "Tenant": `tenant_required` is for a caller who must choose among several; a caller
+    # with no ACTIVE membership has nothing to choose, and no header would help.
+    assert response.status_code == 403
+    assert error_code(response) == "not_a_member"
+
+
+@pytest.mark.parametrize(
+    "status", [MembershipStatus.PENDING_APPROVAL, MembershipStatus.SUSPENDED, MembershipStatus.REVOKED]
+)
+def test_only_inactive_memberships_without_header_is_not_a_member(status, tenant, client_for):
+    user = TenantMemberFactory(tenant=tenant, status=status).user
+
+    response = client_for(user).get(URL)
+
+    assert response.status_code == 403
+    assert error_code(response) == "not_a_member"
 
 
 def test_header_naming_a_foreign_tenant_is_not_a_member(tenant, other_tenant, owner, client_for):
@@ -216,3 +241,59 @@ def test_logging_context_is_cleared_after_the_request(tenant, owner, client_for)
     client_for(owner).get(URL)
 
     assert tenant_id_var.get() is None
+
+
+@pytest.mark.parametrize("status", [TenantStatus.SUSPENDED, TenantStatus.ARCHIVED])
+def test_any_tenant_view_refuses_writes_of_a_paused_tenants_members(status, tenant, make_member, client_for):
+    """The base view, not each view: even a view open to any member refuses a paused tenant's writes."""
+    tenant.status = status
+    tenant.save(update_fields=["status", "updated_at"])
+    client = client_for(make_member(tenant, TenantRole.OWNER))
+
+    read = client.get("/api/test/any-member-write")
+    write = client.post("/api/test/any-member-write")
+
+    assert read.status_code == 200
+    assert write.status_code == 403
+    assert write.json()["error"]["code"] == "tenant_suspended"
+    assert write.json()["error"]["details"] == {"tenant_status": status}
+    assert "/api/test/any-member-write" not in write.json()["error"]["message"]
+
+
+def test_staff_may_write_for_a_paused_tenant(tenant, staff_user, client_for):
+    tenant.status = TenantStatus.SUSPENDED
+    tenant.save(update_fields=["status", "updated_at"])
+
+    response = client_for(staff_user, tenant).post("/api/test/any-member-write")
+
+    assert response.status_code == 200
+
+
+class MixedViewSet(TenantViewSet):
+    """A route whose methods need different permissions (like the delivery destination)."""
+
+    action_permissions = {"retrieve": Permission.VIEW_LEADS, "update": Permission.MANAGE_OFFERS}
+
+    def retrieve(self, request: Request) -> Response:
+        return Response({})
+
+    def update(self, request: Request) -> Response:
+        return Response({})
+
+
+@pytest.mark.parametrize(
+    ("role", "status_code"),
+    [(TenantRole.OWNER, 200), (TenantRole.VIEWER, 200), (TenantRole.BILLING, 403)],
+)
+def test_options_needs_the_permission_of_one_of_the_routes_methods(role, status_code, tenant, make_member):
+    request = APIRequestFactory().options("/api/test/mixed")
+    force_authenticate(request, user=make_member(tenant, role))
+
+    response = MixedViewSet.as_view({"get": "retrieve", "put": "update"})(request)
+
+    assert response.status_code == status_code, response.data
+    if status_code == 200:
+        assert response.data["methods"] == ["GET", "PUT", "HEAD", "OPTIONS"]
+    else:
+        # The refusal of the route's first method, GET.
+        assert response.data["error"]["details"] == {"required_permission": "view_leads"}

@@ -21,6 +21,16 @@ tenant A, staff, and tenant B's owner naming A) and the test asserts:
 
 Routes another change is adding are marked `optional`: their rows are skipped, with the reason, only
 while the route is missing from the URLconf; once it exists they are checked like every other row.
+
+Every route is also called with OPTIONS and HEAD by every caller (docs/api.md "OPTIONS and HEAD"):
+never a 5xx; OPTIONS answers 200 (the route's methods, as in `Allow`) to whoever may call at least one
+of the route's methods and refuses anyone else exactly as the route's first method does; HEAD is the
+route's GET without a body, and 405 `method_not_allowed` on a route without GET (after
+authentication, and after the staff check on staff routes); the Meta webhook answers only GET and POST.
+
+Tenant status (docs/api.md "Tenant status"): every tenant row is called again, by every caller, with
+tenant A SUSPENDED, ARCHIVED and PENDING: reads answer as above, every write by a member of a paused
+tenant answers 403 `tenant_suspended` and changes nothing, staff keep full access, PENDING is not paused.
 """
 
 from __future__ import annotations
@@ -35,10 +45,13 @@ from django.core.cache import cache
 from django.db import transaction
 from django.urls import reverse
 from pytest_httpserver import HTTPServer
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.test import APIClient
 
 from billing.models import CreditLedger
-from converzia.tenancy import Permission, role_has
+from converzia.api.base import TenantMixin
+from converzia.models import Tenant, TenantStatus
+from converzia.tenancy import PAUSED_TENANT_STATUSES, Permission, role_has
 from converzia.tests.api_world import (
     CALLERS,
     CATCH_ALL,
@@ -53,6 +66,7 @@ from converzia.tests.api_world import (
     missing_id,
     tenant_snapshot,
 )
+from converzia.tests.factories import TenantMemberFactory
 from leads.models import LeadOffer
 from leads.tests.factories import LeadOfferFactory
 
@@ -226,7 +240,8 @@ def expected(access: Access, caller: str) -> tuple[int, str | None]:
         return (access.ok, None) if caller == "staff" else (403, "forbidden")
     assert access.kind == "tenant"
     if caller == "outsider":
-        return 400, "tenant_required"
+        # No ACTIVE membership at all: naming a tenant would not help (API.md "Tenant").
+        return 403, "not_a_member"
     if caller == "foreign_owner":
         return 403, "not_a_member"
     if caller == "staff" or role_has(caller, access.permission):
@@ -324,9 +339,18 @@ SUCCESS_CHECKS: dict[str, Callable[[World, dict[str, Any], str], None]] = {
 }
 
 
-def check_caller(world: World, route: Route, method: str, access: Access, caller: str) -> None:
+def check_caller(
+    world: World,
+    route: Route,
+    method: str,
+    access: Access,
+    caller: str,
+    want: tuple[int, str | None] | None = None,
+) -> None:
+    """Call the row as `caller` and check the answer: `want` (status, error code), by default what
+    the matrix says."""
     client = world.client(caller)
-    status, code = expected(access, caller)
+    status, code = want or expected(access, caller)
     before = {"a": tenant_snapshot(world.a.tenant), "b": tenant_snapshot(world.b.tenant)}
 
     response = call(world, client, route, method, target_id(world, access.target, "own"), valid=True)
@@ -397,6 +421,201 @@ def test_route_answers_each_caller_as_the_matrix_says(name, method, receiver):
             transaction.set_rollback(True)
         cache.delete_pattern("*throttle_*")
     assert not failures, "\n".join(failures)
+
+
+# --- OPTIONS and HEAD, on every route -------------------------------------------------------------------
+
+META_METHODS = ("OPTIONS", "HEAD")
+META_ROWS = [(name, method) for name in MATRIX for method in META_METHODS]
+
+
+def route_methods(name: str) -> list[str]:
+    """The route's methods in DRF's order (GET first), as `Allow` lists them, HEAD and OPTIONS included."""
+    methods = set(MATRIX[name]) | {"OPTIONS"} | ({"HEAD"} if "GET" in MATRIX[name] else set())
+    order = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    return [method for method in order if method in methods]
+
+
+def expected_meta(name: str, method: str, caller: str) -> tuple[int, str | None]:
+    """(status, error code) of OPTIONS or HEAD on route `name` for this caller."""
+    methods = MATRIX[name]
+    if name == CATCH_ALL:
+        return 404, "not_found"
+    if any(access.kind == "webhook" for access in methods.values()):
+        # Meta calls GET (verification) and POST (notifications), nothing else.
+        return 405, "method_not_allowed"
+    first = methods["GET"] if "GET" in methods else next(iter(methods.values()))
+    if method == "HEAD":
+        if "GET" in methods:
+            return expected(methods["GET"], caller)
+        # No GET: authentication and the staff check run first (DRF's permission classes); tenant and
+        # role checks are skipped for a method the route does not have.
+        refusal = expected(first, caller)
+        if refusal[1] == "unauthenticated" or (first.kind == "staff" and refusal[1] == "forbidden"):
+            return refusal
+        return 405, "method_not_allowed"
+    # OPTIONS: 200 for whoever may call one of the route's methods; anyone else gets the refusal of
+    # the route's first method.
+    answers = [expected(access, caller) for access in methods.values()]
+    if any(code is None for _status, code in answers):
+        return 200, None
+    return expected(first, caller)
+
+
+def check_meta_caller(
+    world: World, route: Route, method: str, caller: str, want: tuple[int, str | None] | None = None
+) -> None:
+    access = next(iter(MATRIX[route.key].values()))
+    client = world.client(caller)
+    status, code = want or expected_meta(route.key, method, caller)
+    before = {"a": tenant_snapshot(world.a.tenant), "b": tenant_snapshot(world.b.tenant)}
+
+    response = client.generic(method, url_for(route, target_id(world, access.target, "own")))
+
+    assert response.status_code < 500, (response.status_code, response.content[:300])
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    if method == "HEAD":
+        assert response.content == b"", "HEAD answers no body"
+    elif code is not None:
+        assert_error_shape(response, code)
+    else:
+        body = response.json()
+        assert body["methods"] == route_methods(route.key), body
+        assert [m.strip() for m in response["Allow"].split(",")] == body["methods"]
+        assert body["schema"] == "/api/schema/"
+    # OPTIONS and HEAD never change anything.
+    assert tenant_snapshot(world.a.tenant) == before["a"]
+    assert tenant_snapshot(world.b.tenant) == before["b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "method"), META_ROWS, ids=[f"{name} {method}" for name, method in META_ROWS]
+)
+def test_options_and_head_answer_each_caller_consistently(name, method, receiver):
+    routes = api_routes()
+    if name not in routes:
+        if all(access.optional for access in MATRIX[name].values()):
+            pytest.skip(f"{name} is not in the URLconf yet (another change is adding it); row skipped.")
+        pytest.fail(f"{name} is in the matrix but not in the URLconf.")
+    world = build_world(receiver)
+    failures = []
+    for caller in CALLERS:
+        with transaction.atomic():
+            try:
+                check_meta_caller(world, routes[name], method, caller)
+            except AssertionError as exc:
+                failures.append(f"{name} {method} as {caller}: {exc}")
+            transaction.set_rollback(True)
+        cache.delete_pattern("*throttle_*")
+    assert not failures, "\n".join(failures)
+
+
+# --- tenant status ---------------------------------------------------------------------------------------
+
+TENANT_ROUTES = [
+    name for name, methods in MATRIX.items() if all(a.kind == "tenant" for a in methods.values())
+]
+TENANT_ROWS = [(name, method) for name in TENANT_ROUTES for method in [*MATRIX[name], *META_METHODS]]
+TENANT_STATUSES = [TenantStatus.SUSPENDED, TenantStatus.ARCHIVED, TenantStatus.PENDING]
+
+
+def test_every_tenant_view_is_a_tenant_row_of_the_matrix():
+    """So the tenant-status test below covers every tenant route, including the ones added later."""
+    routes = api_routes()
+    mismatched = sorted(
+        name
+        for name, route in routes.items()
+        if name in MATRIX
+        and _is_tenant_view(route) != all(access.kind == "tenant" for access in MATRIX[name].values())
+    )
+    assert not mismatched, f"Tenant views and tenant rows of the matrix differ: {mismatched}"
+
+
+def _is_tenant_view(route: Route) -> bool:
+    callback = route.pattern.callback
+    view_class = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+    return isinstance(view_class, type) and issubclass(view_class, TenantMixin)
+
+
+def expected_for_status(name: str, method: str, caller: str, status: str) -> tuple[int, str | None]:
+    """What the caller gets while tenant A is in `status`: a paused tenant's members may not write."""
+    want = (
+        expected_meta(name, method, caller)
+        if method in META_METHODS
+        else expected(MATRIX[name][method], caller)
+    )
+    paused = status in PAUSED_TENANT_STATUSES
+    if paused and method not in SAFE_METHODS and want[1] is None and caller != "staff":
+        return 403, "tenant_suspended"
+    return want
+
+
+def set_status(tenant: Tenant, status: str) -> None:
+    tenant.status = status
+    tenant.save(update_fields=["status", "updated_at"])  # a save: cached principals are invalidated
+
+
+@pytest.mark.parametrize("status", TENANT_STATUSES)
+@pytest.mark.parametrize(
+    ("name", "method"), TENANT_ROWS, ids=[f"{name} {method}" for name, method in TENANT_ROWS]
+)
+def test_a_paused_tenant_is_read_only_for_its_members(name, method, status, receiver):
+    """SUSPENDED and ARCHIVED: reads as before, writes 403 `tenant_suspended` (nothing changes); staff
+    unaffected. PENDING: as ACTIVE."""
+    routes = api_routes()
+    if name not in routes:
+        pytest.skip(f"{name} is not in the URLconf yet (another change is adding it); row skipped.")
+    world = build_world(receiver)
+    set_status(world.a.tenant, status)
+    failures = []
+    for caller in CALLERS:
+        want = expected_for_status(name, method, caller, status)
+        with transaction.atomic():
+            try:
+                if method in META_METHODS:
+                    check_meta_caller(world, routes[name], method, caller, want)
+                else:
+                    check_caller(world, routes[name], method, MATRIX[name][method], caller, want)
+                if want[1] == "tenant_suspended":
+                    assert_suspended_details(world, routes[name], method, caller, status)
+            except AssertionError as exc:
+                failures.append(f"{name} {method} as {caller} ({status}): {exc}")
+            transaction.set_rollback(True)
+        cache.delete_pattern("*throttle_*")
+    assert not failures, "\n".join(failures)
+
+
+def assert_suspended_details(world: World, route: Route, method: str, caller: str, status: str) -> None:
+    access = MATRIX[route.key][method]
+    response = call(
+        world, world.client(caller), route, method, target_id(world, access.target, "own"), valid=True
+    )
+    error = assert_error_shape(response, "tenant_suspended")
+    assert error["details"] == {"tenant_status": status}
+    assert ("archived" if status == TenantStatus.ARCHIVED else "suspended") in error["message"]
+
+
+def test_several_memberships_and_no_header_is_tenant_required_on_every_tenant_route(receiver):
+    """API.md "Tenant": a caller with several ACTIVE memberships must name one (400); one with none is
+    not a member (403, the `outsider` caller above)."""
+    world = build_world(receiver)
+    user = world.users["VIEWER"]
+    TenantMemberFactory(tenant=world.b.tenant, user=user)
+    client = bearer_client(user)
+    routes = api_routes()
+    got, want = {}, {}
+    for name, method in TENANT_ROWS:
+        if name not in routes:
+            continue
+        access = next(iter(MATRIX[name].values()))
+        response = client.generic(method, url_for(routes[name], target_id(world, access.target, "own")))
+        row = f"{name} {method}"
+        # HEAD on a route without GET is 405 before any tenant check; HEAD has no body to look at.
+        want[row] = 405 if method == "HEAD" and "GET" not in MATRIX[name] else 400
+        got[row] = response.status_code
+        if method != "HEAD":
+            assert_error_shape(response, "tenant_required")
+    assert got == want
 
 
 def test_the_matrix_covers_every_role_of_the_domain():

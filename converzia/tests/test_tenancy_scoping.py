@@ -7,9 +7,17 @@ import uuid
 import pytest
 from django.apps import apps
 
-from converzia.errors import InvalidInput, NotAMember, TenantRequired
-from converzia.models import MembershipStatus, Tenant, TenantMember, TenantRole, User
-from converzia.tenancy import ROLE_PERMISSIONS, Permission, TenantContext, resolve_tenant, role_has, scoped
+from converzia.errors import InvalidInput, NotAMember, TenantRequired, TenantSuspended
+from converzia.models import MembershipStatus, Tenant, TenantMember, TenantRole, TenantStatus, User
+from converzia.tenancy import (
+    PAUSED_TENANT_STATUSES,
+    ROLE_PERMISSIONS,
+    Permission,
+    TenantContext,
+    resolve_tenant,
+    role_has,
+    scoped,
+)
 from converzia.tests.factories import StaffUserFactory, TenantFactory, TenantMemberFactory, UserFactory
 from leads.models import Lead, LeadOffer, Offer
 from leads.tests.factories import LeadOfferFactory, OfferFactory
@@ -137,7 +145,8 @@ def test_several_memberships_need_the_header():
 )
 def test_only_an_active_membership_grants_access(status):
     member = TenantMemberFactory(status=status)
-    with pytest.raises(TenantRequired):
+    # Without an ACTIVE membership there is nothing to choose: not a member (API.md "Tenant").
+    with pytest.raises(NotAMember):
         resolve_tenant(member.user, None)
     with pytest.raises(NotAMember):
         resolve_tenant(member.user, str(member.tenant_id))
@@ -162,3 +171,24 @@ def test_staff_may_name_any_existing_tenant():
         resolve_tenant(staff, str(uuid.uuid4()))
     with pytest.raises(TenantRequired):
         resolve_tenant(staff, None)
+
+
+# -- tenant status -------------------------------------------------------------------------------------
+
+
+def test_paused_statuses_are_tenant_statuses():
+    assert PAUSED_TENANT_STATUSES == {TenantStatus.SUSPENDED, TenantStatus.ARCHIVED}
+    assert PAUSED_TENANT_STATUSES <= set(TenantStatus.values)
+
+
+@pytest.mark.parametrize("status", TenantStatus.values)
+@pytest.mark.parametrize("is_staff", [False, True], ids=["member", "staff"])
+def test_only_members_of_a_paused_tenant_may_not_write(status, is_staff):
+    context = TenantContext(tenant=Tenant(status=status), role=TenantRole.OWNER, is_staff=is_staff)
+    if status in PAUSED_TENANT_STATUSES and not is_staff:
+        with pytest.raises(TenantSuspended) as raised:
+            context.ensure_may_write()
+        assert raised.value.http_status == 403
+        assert raised.value.details == {"tenant_status": status}
+    else:
+        context.ensure_may_write()

@@ -625,7 +625,7 @@ def test_the_schema_documents_both_routes_under_ops(api_client):
     ):
         operation = schema["paths"][f"/api/ops/lead-offers/{{id}}/{route}"]["post"]
         assert operation["tags"] == ["ops"]
-        assert sorted(operation["responses"]) == ["200", "400", "401", "403", "404", "409", "500"]
+        assert sorted(operation["responses"]) == ["200", "400", "401", "403", "404", "409", "500", "503"]
         body = operation["requestBody"]["content"]["application/json"]["schema"]
         assert body == {"$ref": f"#/components/schemas/{request_component}"}
         assert operation["parameters"][0]["schema"] == {"type": "string", "format": "uuid"}

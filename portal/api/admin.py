@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from converzia.api.base import ApiView
 from converzia.api.permissions import IsStaff
+from converzia.api.schema import error_response
 from portal.admin_stats import ADMIN_TREND_DAYS, LOW_CREDIT_LIST_LIMIT, admin_stats_get
 from portal.api.http_caching import FRESH_PARAM, cached_response, fresh_allowed
 from portal.queue import queue_depth_get
@@ -142,6 +143,7 @@ class AdminRevenueView(ApiView):
 
     permission_classes = (IsStaff,)
     allowed_query_params = {"date_start", "date_end", "tenant_id", FRESH_PARAM}
+    schema_not_modified = True
 
     class FilterSerializer(serializers.Serializer):
         date_start = serializers.DateField(
@@ -189,7 +191,11 @@ class AdminRevenueView(ApiView):
             help_text="Offers with ready or delivered leads or spend in range, highest ready value first.",
         )
 
-    @extend_schema(parameters=[FilterSerializer], responses=OutputSerializer, tags=["admin"])
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses={200: OutputSerializer, 404: error_response("`not_found`: `tenant_id` names no tenant.")},
+        tags=["admin"],
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)

@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from converzia.api.base import TenantApiView
+from converzia.api.schema import error_response
 from converzia.tenancy import Permission
 from leads.funnel import FUNNEL_STAGES
 from leads.models import DisqualificationCategory, LeadOfferStatus, OfferStatus
@@ -67,6 +68,7 @@ class LeadStatsView(TenantApiView):
 
     required_permission = Permission.VIEW_LEADS
     allowed_query_params = {"days", FRESH_PARAM}
+    schema_not_modified = True
 
     class FilterSerializer(serializers.Serializer):
         days = serializers.IntegerField(
@@ -144,6 +146,7 @@ class FunnelView(TenantApiView):
 
     required_permission = Permission.VIEW_LEADS
     allowed_query_params = {"offer_id", "created_from", "created_to", FRESH_PARAM}
+    schema_not_modified = True
 
     class FilterSerializer(serializers.Serializer):
         offer_id = serializers.UUIDField(
@@ -171,7 +174,16 @@ class FunnelView(TenantApiView):
         conversion_rate = serializers.FloatField(help_text="delivered / total × 100, 2 decimals.")
         offers = FunnelOfferSerializer(many=True)
 
-    @extend_schema(parameters=[FilterSerializer], responses=OutputSerializer, tags=["portal"])
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses={
+            200: OutputSerializer,
+            404: error_response(
+                "`not_found`: `offer_id` names no offer of the tenant (missing or another's)."
+            ),
+        },
+        tags=["portal"],
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)

@@ -433,18 +433,23 @@ def test_days_bounds_are_accepted(owner, client_for):
 # --- schema -----------------------------------------------------------------------------------------
 
 
+def query_parameters(operation: dict) -> list[str]:
+    return [parameter["name"] for parameter in operation["parameters"] if parameter["in"] == "query"]
+
+
 def test_schema_documents_both_endpoints(api_client):
     schema = api_client.get("/api/schema/", {"format": "json"}).json()
 
     stats = schema["paths"]["/api/portal/leads/stats"]["get"]
     funnel = schema["paths"]["/api/portal/funnel"]["get"]
-    assert [parameter["name"] for parameter in stats["parameters"]] == ["days", "fresh"]
-    assert [parameter["name"] for parameter in funnel["parameters"]] == [
-        "created_from",
-        "created_to",
-        "fresh",
-        "offer_id",
-    ]
+    assert query_parameters(stats) == ["days", "fresh"]
+    assert query_parameters(funnel) == ["created_from", "created_to", "fresh", "offer_id"]
+    # Both answer 304 to a matching If-None-Match; an unknown offer_id is a documented 404.
+    for operation in (stats, funnel):
+        assert {"name": "If-None-Match", "in": "header"}.items() <= operation["parameters"][0].items()
+        assert "304" in operation["responses"]
+    assert "404" in funnel["responses"] and "404" not in stats["responses"]
+    assert "offer_id" in funnel["responses"]["404"]["description"]
     stats_body = schema["components"]["schemas"]["LeadStats"]
     assert set(stats_body["properties"]) == STATS_KEYS
     assert set(schema["components"]["schemas"]["Funnel"]["properties"]) == {
