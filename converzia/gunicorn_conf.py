@@ -1,4 +1,14 @@
-"""gunicorn hooks for Prometheus multiprocess mode (`gunicorn --config python:converzia.gunicorn_conf`).
+"""gunicorn settings and hooks (`gunicorn --config python:converzia.gunicorn_conf`).
+
+Request limits. Production runs behind nginx (deploy/nginx/converzia.conf, docs/performance.md "Slow
+clients"), which refuses oversized requests itself in the API's JSON error shape; gunicorn's limits
+are set wider than nginx's so that nginx is always the one to refuse, and gunicorn alone (tests,
+`make run`) still refuses anything larger, with its own HTML 400/414/431 (not changeable):
+- `limit_request_line` 8190 (gunicorn's maximum) > nginx's 4 KiB request line;
+- `limit_request_field_size` 8190 > nginx's 4 KiB header line;
+- `limit_request_fields` 1024 > the 1,000 header lines nginx accepts, plus the few it adds.
+
+Prometheus multiprocess mode.
 
 With `PROMETHEUS_MULTIPROC_DIR` set (in the environment, before any process imports prometheus_client),
 every worker writes its metrics to files there and `/metrics` sums them, whichever worker answers:
@@ -19,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+limit_request_line = 8190
+limit_request_field_size = 8190
+limit_request_fields = 1024
 
 
 def multiprocess_directory_reset(directory: str) -> None:

@@ -414,6 +414,7 @@ def migrate_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.django_db  # the test database must exist: live_database_url() names it only then
 def test_migrate_runs_once_then_only_when_a_migration_or_the_database_changes(tmp_path, migrate_calls):
     url = live_database_url()
 
