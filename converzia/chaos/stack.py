@@ -16,6 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from converzia.bench.nginx import LocalNginx, NginxError, nginx_binary
 from converzia.devstack_servers import (
     EmbeddedPostgres,
     EmbeddedValkey,
@@ -87,7 +88,10 @@ class ChaosStack:
     web: AppProcess | None = None
     workers: list[AppProcess] = field(default_factory=list)
     receivers: list[AppProcess] = field(default_factory=list)
+    # Clients reach the app as in production: through nginx (deploy/nginx) when it is installed.
     web_url: str = ""
+    app_url: str = ""
+    nginx: LocalNginx | None = None
     _worker_count: int = 0
 
     @classmethod
@@ -126,13 +130,20 @@ class ChaosStack:
         gunicorn = [sys.executable, "-m", "gunicorn", "converzia.wsgi", "--config"]
         gunicorn += ["python:converzia.gunicorn_conf", "--bind", f"127.0.0.1:{web_port}"]
         gunicorn += ["--workers", "2", "--no-control-socket"]
-        self.web = AppProcess(
-            "gunicorn", gunicorn, self.app_environment(), self.data / "gunicorn.log"
-        ).start()
-        self.web_url = f"http://127.0.0.1:{web_port}"
+        # Behind nginx, the client is the one address nginx forwards (deploy/README.md).
+        environment = {**self.app_environment(), "NUM_PROXIES": "1" if nginx_binary() else "0"}
+        self.web = AppProcess("gunicorn", gunicorn, environment, self.data / "gunicorn.log").start()
+        self.app_url = self.web_url = f"http://127.0.0.1:{web_port}"
         for _ in range(2):
             self.start_worker()
-        self._wait_http(f"{self.web_url}/api/health/live", self.web)
+        self._wait_http(f"{self.app_url}/api/health/live", self.web)
+        if nginx_binary():
+            try:
+                self.nginx = LocalNginx(upstream=f"127.0.0.1:{web_port}").start()
+                self.nginx.wait_upstream()
+            except NginxError as exc:
+                raise ChaosSetupError(str(exc)) from None
+            self.web_url = self.nginx.url
 
     def start_receiver(self, *, delay_ms: int) -> str:
         """A tenant's webhook receiver answering after `delay_ms`; returns its URL."""
@@ -172,6 +183,8 @@ class ChaosStack:
         return [worker for worker in self.workers if worker.alive()]
 
     def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
         for process in [*self.workers, self.web, *self.receivers]:
             if process is not None:
                 process.stop()

@@ -47,8 +47,9 @@ class Command(ConverziaCommand):
         started = time.monotonic()
         try:
             stack.start()
+            front = f"nginx at {stack.web_url} in front of " if stack.nginx else "no nginx: "
             self.stdout.write(
-                f"chaos: gunicorn at {stack.web_url}, 2 workers, Graph stand-in at {stack.graph.url}"
+                f"chaos: {front}gunicorn at {stack.app_url}, 2 workers, Graph stand-in at {stack.graph.url}"
             )
             for name in names:
                 scenario_started = time.monotonic()
