@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -71,6 +71,11 @@ GUNICORN_CONFIG = "python:converzia.gunicorn_conf"
 PROMETHEUS_DIR = "prometheus"
 SEED_ARGUMENTS = ["seed_demo", "--if-empty", "--tenants", "5", "--leads", "2000", "--json"]
 CHILD_STOP_TIMEOUT_S = 15.0
+# `make run` starts the job worker again when it exits (a crash, a kill, WORKER_GIVE_UP_AFTER_S), as
+# systemd does in production: after 1 s, doubling up to 30 s while it keeps exiting within a minute.
+RESTART_FIRST_WAIT_S = 1.0
+RESTART_MAX_WAIT_S = 30.0
+RESTART_HEALTHY_AFTER_S = 60.0
 # The Meta settings `make run` gives the app when the environment has none: the app secret and verify
 # token also live in converzia/settings/local.py, so `manage.py send_test_lead` signs with the same
 # one; the page token is what the local Graph stand-in expects to see.
@@ -333,6 +338,28 @@ def banner(
 # --- the process stack ------------------------------------------------------------------------
 
 
+@dataclass
+class RestartPolicy:
+    """How `Stack.check_children` brings back a child that exited: the same command, after a wait
+    that doubles while the child keeps dying within `healthy_after_s` of its start."""
+
+    argv: list[str]
+    env: dict[str, str]
+    own_session: bool
+    first_wait_s: float = RESTART_FIRST_WAIT_S
+    max_wait_s: float = RESTART_MAX_WAIT_S
+    healthy_after_s: float = RESTART_HEALTHY_AFTER_S
+    started_at: float = field(default_factory=time.monotonic)
+    restart_at: float | None = None
+    wait_s: float = 0.0
+    count: int = 0
+
+    def next_wait(self, *, ran_s: float) -> float:
+        if self.wait_s == 0.0 or ran_s >= self.healthy_after_s:
+            return self.first_wait_s
+        return min(self.wait_s * 2, self.max_wait_s)
+
+
 class Stack:
     """The servers and app processes one devstack command started (or adopted), stopped in reverse."""
 
@@ -343,6 +370,7 @@ class Stack:
         self.postgres: EmbeddedPostgres | None = None
         self.valkey: EmbeddedValkey | None = None
         self.children: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, RestartPolicy] = {}
 
     def database_url(self, service: Service, *, database: str) -> str:
         if service.note:
@@ -377,11 +405,56 @@ class Stack:
         self.children[name] = process
         return process
 
-    def check_children(self) -> None:
-        for name, process in self.children.items():
+    def restart_when_exits(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        own_session: bool,
+        first_wait_s: float = RESTART_FIRST_WAIT_S,
+        max_wait_s: float = RESTART_MAX_WAIT_S,
+        healthy_after_s: float = RESTART_HEALTHY_AFTER_S,
+    ) -> None:
+        """Have `check_children` start the child `name` again (same command) whenever it exits."""
+        self.restarts[name] = RestartPolicy(
+            argv=list(argv),
+            env=dict(env),
+            own_session=own_session,
+            first_wait_s=first_wait_s,
+            max_wait_s=max_wait_s,
+            healthy_after_s=healthy_after_s,
+        )
+
+    def check_children(self, *, now: float | None = None) -> bool:
+        """Raise StackError when a child exited, except one registered with `restart_when_exits` (the
+        job worker): that one is started again after a wait, RESTART_FIRST_WAIT_S doubling up to
+        RESTART_MAX_WAIT_S while it keeps dying young. True when a child was started again (the
+        caller records the new pid)."""
+        now = time.monotonic() if now is None else now
+        restarted = False
+        for name, process in list(self.children.items()):
             code = process.poll()
-            if code is not None:
+            if code is None:
+                continue
+            policy = self.restarts.get(name)
+            if policy is None:
                 raise StackError(f"{name} exited unexpectedly (exit status {code}).")
+            if policy.restart_at is None:
+                ran_s = now - policy.started_at
+                policy.wait_s = policy.next_wait(ran_s=ran_s)
+                policy.restart_at = now + policy.wait_s
+                say(
+                    f"{name} exited (exit status {code}) after {ran_s:.1f} s; "
+                    f"restarting it in {policy.wait_s:.1f} s"
+                )
+            if now >= policy.restart_at:
+                started = self.spawn(name, policy.argv, policy.env, own_session=policy.own_session)
+                policy.started_at, policy.restart_at = now, None
+                policy.count += 1
+                say(f"{name} restarted (pid {started.pid}; restart {policy.count})")
+                restarted = True
+        return restarted
 
     def pids(self) -> dict[str, int]:
         pids = {name: process.pid for name, process in self.children.items()}
@@ -709,9 +782,14 @@ def _run(stack: Stack, plan: ServicePlan, environ: Mapping[str, str], data: Path
     ):
         sys.stdout.write(line + "\n")
     sys.stdout.flush()
+    # The worker rides out database outages itself; if it exits anyway, it is started again (gunicorn
+    # or the Graph stand-in exiting still stops everything).
+    stack.restart_when_exits("worker", manage("run_worker"), app_env, own_session=True)
     while True:
         time.sleep(0.5)
-        stack.check_children()
+        if stack.check_children():
+            state["processes"] = stack.pids()
+            state_path.write_text(json.dumps(state, indent=2) + "\n")
 
 
 def _manage_environment(app_env: Mapping[str, str]) -> dict[str, str]:

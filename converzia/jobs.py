@@ -59,14 +59,40 @@ def _relax_commit_durability() -> None:
     _relaxed_connections.add(raw)
 
 
+def _draw_live_pooled_connection() -> None:
+    """With Django's pool (DB_POOL_SIZE > 0) and no CONN_HEALTH_CHECKS, take pooled connections until
+    one answers `SELECT 1`.
+
+    Persistent connections need nothing here: Django checks one before its first use after
+    `close_old_connections` (CONN_HEALTH_CHECKS, set by settings/base.py). Pooled connections are
+    handed out unchecked, and after a database restart every idle one in the pool is dead until used:
+    each would fail the job that drew it (measured: the first job after an outage failed in 9 ms), and a
+    drain, which has no retry, would leave its events to the stale-inbox sweep. A dead one is given
+    back broken, which makes the pool discard it. A database that is down still fails the job.
+    """
+    settings_dict = connection.settings_dict
+    pool_options = settings_dict["OPTIONS"].get("pool")
+    if not pool_options or settings_dict.get("CONN_HEALTH_CHECKS"):
+        return
+    # Each dead connection is discarded once, so at most the pool's size of them, then a new one.
+    pool_size = pool_options.get("max_size", 1) if isinstance(pool_options, dict) else 1
+    for _draw in range(pool_size + 1):
+        connection.ensure_connection()
+        if connection.is_usable():
+            return
+        connection.close()
+
+
 def db_job(fn: Callable[P, R]) -> Callable[P, R]:
-    """A healthy connection for the job (stale or broken ones closed before and after), committing
-    asynchronously (see the module docstring), and a trace id for its log lines and rows."""
+    """A healthy connection for the job (stale or broken ones closed before and after, pooled ones
+    checked), committing asynchronously (see the module docstring), and a trace id for its log lines
+    and rows."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with job_context():
             close_old_connections()
+            _draw_live_pooled_connection()
             _relax_commit_durability()
             try:
                 return fn(*args, **kwargs)

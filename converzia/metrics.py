@@ -80,3 +80,16 @@ DB_QUERY_TIMEOUTS = Counter(
     "Attempts of a guarded query cancelled by its statement or lock timeout, by query name.",
     ["query"],
 )
+
+# --- Background worker (converzia/management/commands/run_worker.py) ------------------------------
+WORKER_DATABASE_OUTAGES = Counter(
+    "converzia_worker_database_outages_total",
+    "Times a job worker lost its database: it stopped taking jobs and reconnected (counted when the"
+    " outage begins).",
+)
+WORKER_DATABASE_OUTAGE_SECONDS = Histogram(
+    "converzia_worker_database_outage_seconds",
+    "How long each worker database outage lasted, from the worker noticing it to the database"
+    " answering again.",
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)

@@ -193,6 +193,8 @@ WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=8)
 WORKER_SHUTDOWN_GRACE_S = env.float("WORKER_SHUTDOWN_GRACE_S", default=25.0)
 # A worker silent for this long is presumed dead and its running jobs are retried.
 WORKER_STALLED_AFTER_S = env.float("WORKER_STALLED_AFTER_S", default=60.0)
+# A worker whose database stays unreachable this long exits 3 for its supervisor; 0: it waits forever.
+WORKER_GIVE_UP_AFTER_S = env.float("WORKER_GIVE_UP_AFTER_S", default=0.0)
 # tenant_stats_materialized is refreshed (concurrently, one refresh at a time) this often.
 STATS_REFRESH_EVERY_S = env.float("STATS_REFRESH_EVERY_S", default=60.0)
 # An inbox event still pending after this long has lost its job (or keeps failing): defer it again.
