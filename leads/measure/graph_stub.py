@@ -11,6 +11,7 @@ for an id until they release it, and wait until a request for an id has arrived.
 
 from __future__ import annotations
 
+import sys
 import threading
 import zlib
 from collections import Counter
@@ -98,6 +99,11 @@ class _GraphServer(ThreadingHTTPServer):
         self.stub = stub
         super().__init__(address, _GraphHandler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (a killed or restarting worker) is no stub error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class GraphStub:
     """Start with `start()` (or `with`), read `url`, stop with `stop()`."""
@@ -176,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     it so a laptop's test leads are fetched without reaching Meta)."""
     import argparse
     import signal
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m leads.measure.graph_stub", description=main.__doc__)
     parser.add_argument("--host", default=LOOPBACK)
