@@ -93,3 +93,15 @@ def needs_pg_stat_statements(_server_preloads_pg_stat_statements) -> None:
             "this DATABASE_URL's server does not preload pg_stat_statements "
             "(shared_preload_libraries); unset DATABASE_URL and `make test` uses one that does"
         )
+
+
+@pytest.fixture
+def receiver():
+    """A tenant's webhook receiver: a threaded HTTP server on 127.0.0.1 (slow handlers can overlap)."""
+    from pytest_httpserver import HTTPServer
+
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()

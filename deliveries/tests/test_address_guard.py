@@ -10,10 +10,8 @@ DNS answers come from `FakeDNS` put in place of `outbound.resolver`; nothing her
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 
 import pytest
-from pytest_httpserver import HTTPServer
 
 from converzia.errors import ErrorCode, InvalidInput
 from deliveries import outbound
@@ -48,15 +46,6 @@ def dns(monkeypatch) -> FakeDNS:
     fake = FakeDNS()
     monkeypatch.setattr(outbound, "resolver", fake)
     return fake
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
 
 
 def address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

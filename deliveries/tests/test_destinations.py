@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 from django.apps import apps
 from django.utils import timezone
-from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 
 from converzia.errors import Conflict, ErrorCode, InvalidInput
@@ -34,15 +32,6 @@ from deliveries.tests.factories import DeliveryDestinationFactory, DeliveryFacto
 pytestmark = pytest.mark.django_db
 
 URL = "http://127.0.0.1:9/hook"
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
 
 
 def dispatcher_jobs() -> int:

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
@@ -25,16 +24,6 @@ from deliveries.models import new_webhook_secret
 from deliveries.outbound import AddressRefused, OutboundRequest
 
 BODY = json.dumps({"type": "lead.ready", "data": {"lead": {"name": "Ana"}}}).encode()
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    """A threaded receiver on 127.0.0.1 (threaded so slow handlers can overlap)."""
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
 
 
 @pytest.fixture

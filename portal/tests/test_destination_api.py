@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-from pytest_httpserver import HTTPServer
 from rest_framework.test import APIClient
 from standardwebhooks import Webhook
 
@@ -34,15 +32,6 @@ DESTINATION_FIELDS = [
     "secret_hint",
     "url",
 ]
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
 
 
 def error(response) -> dict:
