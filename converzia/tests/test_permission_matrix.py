@@ -401,6 +401,21 @@ def check_caller(
         assert after["a"] == before["a"], "a refused request changed tenant A's data"
 
 
+def assert_every_caller(label: str, check) -> None:
+    """`check(caller)` for each caller, each from the same data (its writes rolled back before the next
+    one); every caller's failure is reported, not just the first."""
+    failures = []
+    for caller in CALLERS:
+        with transaction.atomic():
+            try:
+                check(caller)
+            except AssertionError as exc:
+                failures.append(f"{label} as {caller}: {exc}")
+            transaction.set_rollback(True)
+        cache.delete_pattern("*throttle_*")
+    assert not failures, "\n".join(failures)
+
+
 @pytest.mark.parametrize(("name", "method"), ROWS, ids=[f"{name} {method}" for name, method in ROWS])
 def test_route_answers_each_caller_as_the_matrix_says(name, method, receiver):
     access = MATRIX[name][method]
@@ -410,17 +425,9 @@ def test_route_answers_each_caller_as_the_matrix_says(name, method, receiver):
             pytest.skip(f"{name} is not in the URLconf yet (another change is adding it); row skipped.")
         pytest.fail(f"{name} is in the matrix but not in the URLconf.")
     world = build_world(receiver)
-    failures = []
-    for caller in CALLERS:
-        # Each caller starts from the same data: its writes are rolled back before the next one.
-        with transaction.atomic():
-            try:
-                check_caller(world, routes[name], method, access, caller)
-            except AssertionError as exc:
-                failures.append(f"{name} {method} as {caller}: {exc}")
-            transaction.set_rollback(True)
-        cache.delete_pattern("*throttle_*")
-    assert not failures, "\n".join(failures)
+    assert_every_caller(
+        f"{name} {method}", lambda caller: check_caller(world, routes[name], method, access, caller)
+    )
 
 
 # --- OPTIONS and HEAD, on every route -------------------------------------------------------------------
@@ -498,16 +505,9 @@ def test_options_and_head_answer_each_caller_consistently(name, method, receiver
             pytest.skip(f"{name} is not in the URLconf yet (another change is adding it); row skipped.")
         pytest.fail(f"{name} is in the matrix but not in the URLconf.")
     world = build_world(receiver)
-    failures = []
-    for caller in CALLERS:
-        with transaction.atomic():
-            try:
-                check_meta_caller(world, routes[name], method, caller)
-            except AssertionError as exc:
-                failures.append(f"{name} {method} as {caller}: {exc}")
-            transaction.set_rollback(True)
-        cache.delete_pattern("*throttle_*")
-    assert not failures, "\n".join(failures)
+    assert_every_caller(
+        f"{name} {method}", lambda caller: check_meta_caller(world, routes[name], method, caller)
+    )
 
 
 # --- tenant status ---------------------------------------------------------------------------------------
@@ -567,22 +567,17 @@ def test_a_paused_tenant_is_read_only_for_its_members(name, method, status, rece
         pytest.skip(f"{name} is not in the URLconf yet (another change is adding it); row skipped.")
     world = build_world(receiver)
     set_status(world.a.tenant, status)
-    failures = []
-    for caller in CALLERS:
+
+    def check(caller: str) -> None:
         want = expected_for_status(name, method, caller, status)
-        with transaction.atomic():
-            try:
-                if method in META_METHODS:
-                    check_meta_caller(world, routes[name], method, caller, want)
-                else:
-                    check_caller(world, routes[name], method, MATRIX[name][method], caller, want)
-                if want[1] == "tenant_suspended":
-                    assert_suspended_details(world, routes[name], method, caller, status)
-            except AssertionError as exc:
-                failures.append(f"{name} {method} as {caller} ({status}): {exc}")
-            transaction.set_rollback(True)
-        cache.delete_pattern("*throttle_*")
-    assert not failures, "\n".join(failures)
+        if method in META_METHODS:
+            check_meta_caller(world, routes[name], method, caller, want)
+        else:
+            check_caller(world, routes[name], method, MATRIX[name][method], caller, want)
+        if want[1] == "tenant_suspended":
+            assert_suspended_details(world, routes[name], method, caller, status)
+
+    assert_every_caller(f"{name} {method} ({status})", check)
 
 
 def assert_suspended_details(world: World, route: Route, method: str, caller: str, status: str) -> None:
