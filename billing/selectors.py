@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import QuerySet
 
 from billing.models import CreditLedger, TenantCreditBalance, TenantPricing
+from converzia.api.pagination import keyset_page
+from converzia.db.prepared import PreparedQuery
 from converzia.models import Tenant
 
 _BALANCE_FIELDS = (
@@ -44,6 +48,17 @@ class BalanceSummary:
     currency: str
 
 
+# One row per tenant each (primary keys): compiled once per process (converzia.db.prepared).
+_BALANCE_ROW = PreparedQuery(
+    "billing.balance",
+    lambda tenant_id: TenantCreditBalance.objects.for_tenant(tenant_id).values(*_BALANCE_FIELDS)[:1],
+)
+_PRICING_ROW = PreparedQuery(
+    "billing.pricing",
+    lambda tenant_id: TenantPricing.objects.for_tenant(tenant_id).values(*_PRICING_FIELDS)[:1],
+)
+
+
 def _pricing_defaults() -> dict[str, object]:
     fields = TenantPricing._meta
     return {name: fields.get_field(name).get_default() for name in _PRICING_FIELDS}
@@ -55,15 +70,17 @@ def balance_summary_get(*, tenant: Tenant) -> BalanceSummary:
     A tenant with no ledger entry yet reads 0 everywhere; one with no pricing row reads the model
     defaults (threshold 10, 10.00 USD per lead), exactly what the ledger services assume.
     """
-    balance = TenantCreditBalance.objects.for_tenant(tenant).values(*_BALANCE_FIELDS).first()
-    pricing = TenantPricing.objects.for_tenant(tenant).values(*_PRICING_FIELDS).first()
+    balance = _BALANCE_ROW.first(tenant_id=tenant.pk)
+    pricing = _PRICING_ROW.first(tenant_id=tenant.pk)
     return BalanceSummary(
         **(balance or dict.fromkeys(_BALANCE_FIELDS, 0)),
         **(pricing or _pricing_defaults()),
     )
 
 
-def ledger_list(*, tenant: Tenant, transaction_types: Iterable[str] | None = None) -> QuerySet[CreditLedger]:
+def ledger_list(
+    *, tenant: Tenant | uuid.UUID, transaction_types: Iterable[str] | None = None
+) -> QuerySet[CreditLedger]:
     """The tenant's ledger entries, newest first, optionally of some transaction types only.
 
     The order `(-created_at, -id)` is exactly idx_credit_ledger_tenant_created, so a page is an index
@@ -73,3 +90,31 @@ def ledger_list(*, tenant: Tenant, transaction_types: Iterable[str] | None = Non
     if transaction_types is not None:
         entries = entries.filter(transaction_type__in=list(transaction_types))
     return entries.order_by("-created_at", "-id")
+
+
+LEDGER_ENTRY_FIELDS = (
+    "id",
+    "transaction_type",
+    "amount",
+    "balance_after",
+    "description",
+    "delivery_id",
+    "lead_offer_id",
+    "created_at",
+)
+
+
+def _ledger_page_query(
+    *,
+    tenant_id: uuid.UUID,
+    transaction_types: Sequence[str] | None,
+    order: Sequence[str],
+    after: Sequence[Any] | None,
+    limit: int,
+) -> QuerySet[Any]:
+    entries = ledger_list(tenant=tenant_id, transaction_types=transaction_types)
+    return keyset_page(entries.values(*LEDGER_ENTRY_FIELDS), order, after, limit)
+
+
+# A ledger page as `LEDGER_ENTRY_FIELDS` dicts, for the keyset paginator's `paginate_prepared`.
+LEDGER_PAGE = PreparedQuery("billing.ledger.page", _ledger_page_query)

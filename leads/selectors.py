@@ -97,7 +97,7 @@ SEARCH_PREFILTER_CAP = 2_000
 
 def lead_offer_list_for_tenant(
     *,
-    tenant: Tenant,
+    tenant: Tenant | uuid.UUID,
     statuses: Sequence[str] | None = None,
     stage_statuses: Sequence[str] | None = None,
     offer_id: uuid.UUID | None = None,

@@ -16,6 +16,8 @@ from typing import Any
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import QuerySet
 
+from converzia.api.pagination import keyset_page
+from converzia.db.prepared import PreparedQuery
 from converzia.db.timeouts import guarded
 from converzia.models import Tenant
 from leads.funnel import stage_for_status, statuses_for_stage
@@ -44,28 +46,87 @@ def portal_lead_offers(*, tenant: Tenant, filters: LeadFilters, can_view_details
         statuses=filters.statuses,
         stage_statuses=statuses_for_stage(filters.stage) if filters.stage else None,
         offer_id=filters.offer_id,
-        created_from=tenant_local_midnight(tenant, filters.created_from) if filters.created_from else None,
-        created_before=(
-            tenant_local_midnight(tenant, filters.created_to + dt.timedelta(days=1))
-            if filters.created_to
-            else None
-        ),
+        **_created_bounds(tenant, filters),
         q=filters.q,
         can_view_details=can_view_details,
     )
 
 
-@guarded("portal.leads.list")
+def _lead_page_query(
+    *,
+    tenant_id: uuid.UUID,
+    statuses: Sequence[str] | None,
+    stage_statuses: Sequence[str] | None,
+    offer_id: uuid.UUID | None,
+    created_from: dt.datetime | None,
+    created_before: dt.datetime | None,
+    can_view_details: bool,
+    order: Sequence[str],
+    after: Sequence[Any] | None,
+    limit: int,
+) -> QuerySet[Any]:
+    return keyset_page(
+        lead_offer_list_for_tenant(
+            tenant=tenant_id,
+            statuses=statuses,
+            stage_statuses=stage_statuses,
+            offer_id=offer_id,
+            created_from=created_from,
+            created_before=created_before,
+            can_view_details=can_view_details,
+        ),
+        order,
+        after,
+        limit,
+    )
+
+
+# The list without `q`: compiled once per filter combination (converzia.db.prepared).
+_LEAD_PAGE = PreparedQuery("portal.leads.list", _lead_page_query)
+
+
+@guarded("portal.leads.list", atomic=False)
 def portal_lead_page(
     *,
     tenant: Tenant,
     filters: LeadFilters,
     can_view_details: bool,
     paginate: Callable[[QuerySet[Any]], list[dict[str, Any]]],
+    paginate_prepared: Callable[..., list[dict[str, Any]]],
 ) -> list[dict[str, Any]]:
-    """One page of the lead list as API items: one query (the page, related names joined in)."""
-    rows = paginate(portal_lead_offers(tenant=tenant, filters=filters, can_view_details=can_view_details))
+    """One page of the lead list as API items: one query (the page, related names joined in).
+
+    `paginate` pages a queryset, `paginate_prepared` a prepared query (the view's keyset paginator).
+    A search (`q`) matches a transformed text, which cannot be bound: it stays an ordinary queryset.
+    """
+    if filters.q:
+        rows = paginate(portal_lead_offers(tenant=tenant, filters=filters, can_view_details=can_view_details))
+    else:
+        rows = paginate_prepared(
+            _LEAD_PAGE,
+            LeadOffer,
+            tenant_id=tenant.pk,
+            statuses=filters.statuses,
+            stage_statuses=statuses_for_stage(filters.stage) if filters.stage else None,
+            offer_id=filters.offer_id,
+            **_created_bounds(tenant, filters),
+            can_view_details=can_view_details,
+        )
     return [lead_list_item(row, can_view_details=can_view_details) for row in rows]
+
+
+def _created_bounds(tenant: Tenant, filters: LeadFilters) -> dict[str, dt.datetime | None]:
+    """`created_from` and `created_to` (local dates, inclusive) as the tenant's local-midnight bounds."""
+    return {
+        "created_from": (
+            tenant_local_midnight(tenant, filters.created_from) if filters.created_from else None
+        ),
+        "created_before": (
+            tenant_local_midnight(tenant, filters.created_to + dt.timedelta(days=1))
+            if filters.created_to
+            else None
+        ),
+    }
 
 
 def lead_list_item(row: Mapping[str, Any], *, can_view_details: bool) -> dict[str, Any]:
@@ -100,7 +161,7 @@ def lead_list_item(row: Mapping[str, Any], *, can_view_details: bool) -> dict[st
     }
 
 
-@guarded("portal.leads.detail")
+@guarded("portal.leads.detail", atomic=False)
 def portal_lead_detail(*, tenant: Tenant, lead_offer_id: uuid.UUID, can_view_details: bool) -> dict[str, Any]:
     """One lead_offer with its delivery and timeline: two queries (the row with its lead, offer,
     source and delivery joined; the events). Missing and foreign ids raise the same `NotFound`."""

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Model
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
@@ -31,6 +32,7 @@ from rest_framework.viewsets import GenericViewSet, ViewSetMixin
 from converzia.api.metadata import ApiMetadata
 from converzia.api.pagination import KeysetPagination
 from converzia.api.schema import ApiAutoSchema
+from converzia.db.prepared import PreparedQuery
 from converzia.errors import Forbidden, InvalidInput
 from converzia.models import Tenant
 from converzia.request_context import tenant_id_var, user_id_var
@@ -68,6 +70,10 @@ class ApiMixin:
         if isinstance(self, ViewSetMixin):
             return getattr(self, "action", None) == "list"
         return True
+
+    def paginate_prepared(self, query: PreparedQuery, model: type[Model], **arguments: Any) -> list[Any]:
+        """A keyset page from a prepared query (KeysetPagination.paginate_prepared)."""
+        return self.paginator.paginate_prepared(query, model, self.request, view=self, **arguments)  # type: ignore[attr-defined]
 
     def get_allowed_query_params(self) -> frozenset[str]:
         declared = self.allowed_query_params

@@ -32,6 +32,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
+from converzia.db.prepared import PreparedQuery, Shape
+
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 
@@ -70,6 +72,30 @@ def keyset_filter(keys: Sequence[SortKey], values: Sequence[Any]) -> Q:
     return bound & after
 
 
+@dataclass(frozen=True)
+class PageRequest:
+    keys: tuple[SortKey, ...]
+    fields: tuple[Field, ...]
+    scan_order: tuple[str, ...]  # `order_by()` arguments in the direction the scan runs
+    after: tuple[Any, ...] | None  # the cursor's sort-key values; None: from the start
+    backwards: bool
+    page_size: int
+
+    @property
+    def limit(self) -> int:
+        return self.page_size + 1  # one more row tells whether another page follows
+
+
+def keyset_page(
+    queryset: QuerySet[Any], order: Sequence[str], after: Sequence[Any] | None, limit: int
+) -> QuerySet[Any]:
+    """The rows after `after` (none: from the start) in `order`, at most `limit` of them."""
+    queryset = queryset.order_by(*order)
+    if after is not None:
+        queryset = queryset.filter(keyset_filter([SortKey.parse(spec) for spec in order], after))
+    return queryset[:limit]
+
+
 class KeysetPagination(BasePagination):
     """`?page_size=` (1..200, default 50) and an opaque `?cursor=`; body `{results, next, previous}`.
 
@@ -96,32 +122,54 @@ class KeysetPagination(BasePagination):
     # --- DRF pagination interface ------------------------------------------------------------------
 
     def paginate_queryset(self, queryset: QuerySet[Any], request: Request, view: Any = None) -> list[Any]:
+        page = self.page_request(queryset.model, request, view)
+        return self.page_rows(list(keyset_page(queryset, page.scan_order, page.after, page.limit)), page)
+
+    def paginate_prepared(
+        self, query: PreparedQuery, model: type[Model], request: Request, view: Any = None, **arguments: Any
+    ) -> list[dict[str, Any]]:
+        """A page from a prepared query whose builder ends with `keyset_page(queryset, order, after,
+        limit)` (converzia.db.prepared): the same page as `paginate_queryset`, without the ORM."""
+        page = self.page_request(model, request, view)
+        rows = query.rows(
+            **arguments, order=Shape(page.scan_order), after=page.after, limit=Shape(page.limit)
+        )
+        return self.page_rows(rows, page)
+
+    def page_request(self, model: type[Model], request: Request, view: Any = None) -> PageRequest:
+        """What the request asks for: the sort key, the cursor and the page size (400 if invalid)."""
         self.request = request
-        keys = self._sort_keys(queryset.model, view)
-        fields = [queryset.model._meta.get_field(key.field) for key in keys]
+        keys = self._sort_keys(model, view)
+        fields = [model._meta.get_field(key.field) for key in keys]
         page_size = self._page_size(request)
         cursor = self._decode(request.query_params.get(self.cursor_query_param), keys, fields)
-
         backwards = cursor is not None and cursor.backwards
         scan_keys = [key.reversed() for key in keys] if backwards else keys
-        queryset = queryset.order_by(*(key.order_by() for key in scan_keys))
-        if cursor is not None:
-            queryset = queryset.filter(keyset_filter(scan_keys, cursor.values))
-        rows = list(queryset[: page_size + 1])
-        more_in_scan_direction = len(rows) > page_size
-        rows = rows[:page_size]
-        if backwards:
+        return PageRequest(
+            keys=tuple(keys),
+            fields=tuple(fields),
+            scan_order=tuple(key.order_by() for key in scan_keys),
+            after=cursor.values if cursor is not None else None,
+            backwards=backwards,
+            page_size=page_size,
+        )
+
+    def page_rows(self, rows: list[Any], page: PageRequest) -> list[Any]:
+        """The page's rows in display order from the scan's `page_size + 1`; sets the cursors."""
+        more_in_scan_direction = len(rows) > page.page_size
+        rows = rows[: page.page_size]
+        if page.backwards:
             rows.reverse()
 
         # Going forwards, rows precede the page iff we came from a cursor; going backwards, rows follow
         # the page (at least the cursor's own row) and precede it iff the scan found one more.
-        has_next = True if backwards else more_in_scan_direction
-        has_previous = more_in_scan_direction if backwards else cursor is not None
+        has_next = True if page.backwards else more_in_scan_direction
+        has_previous = more_in_scan_direction if page.backwards else page.after is not None
         self.next_cursor = (
-            self._encode(rows[-1], fields, keys, backwards=False) if rows and has_next else None
+            self._encode(rows[-1], page.fields, page.keys, backwards=False) if rows and has_next else None
         )
         self.previous_cursor = (
-            self._encode(rows[0], fields, keys, backwards=True) if rows and has_previous else None
+            self._encode(rows[0], page.fields, page.keys, backwards=True) if rows and has_previous else None
         )
         return rows
 

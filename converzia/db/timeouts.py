@@ -11,7 +11,15 @@
 Each attempt runs in a transaction (a savepoint when one is already open) with `SET LOCAL
 statement_timeout` and `lock_timeout`, so the limit dies with the transaction and never reaches the
 next user of the connection, pooled or not. Inside an outer transaction the previous values are put
-back on exit. A cancelled statement (SQLSTATE 57014) or a lock wait past `lock_timeout` (55P03) is
+back on exit.
+
+A read declared `atomic=False` skips all that where the connection's session already carries these
+very limits: the web server opens its connections with the default limits as session settings
+(`DB_SESSION_TIMEOUTS`, converzia/db/postgresql), so a default-limit read outside any transaction
+runs as it is, and the next user of the connection still finds the default. BEGIN, SET LOCAL and
+COMMIT cost three round trips, two thirds of a one-statement read (docs/performance.md).
+
+A cancelled statement (SQLSTATE 57014) or a lock wait past `lock_timeout` (55P03) is
 retried once after a short backoff; then `QueryTimeout` (503 `query_timeout`, `Retry-After`). Every
 attempt logs one structured line: name, attempt, duration, timeout, outcome, tenant and request id,
 and is timed in `converzia_db_query_duration_seconds{query}`; timeouts are counted in
@@ -43,6 +51,8 @@ R = TypeVar("R")
 # SQLSTATEs that mean "the server gave up on our statement because of a limit we set".
 _TIMEOUT_SQLSTATES = {"57014", "55P03"}
 DEFAULT_RETRY_BACKOFF_S = 0.05
+# set_config(..., true) is SET LOCAL with bound parameters.
+_SET_LIMITS_SQL = "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -60,8 +70,12 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
         retries: int = 1,
         backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
         using: str = DEFAULT_DB_ALIAS,
+        atomic: bool = True,
     ) -> None:
         self.name = name
+        # False: the block's statements need not commit together (reads, or a single statement), so
+        # it may skip its own transaction where the session already carries the limits.
+        self.atomic = atomic
         self.timeout_ms = int(timeout_ms or settings.DB_STATEMENT_TIMEOUT_MS)
         # Waiting on a lock longer than the statement may run makes no sense; cap it below.
         self.lock_timeout_ms = int(lock_timeout_ms or max(1, self.timeout_ms // 2))
@@ -115,11 +129,14 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
         started = time.perf_counter()
         outcome = "ok"
         try:
-            with transaction.atomic(using=self.using):
-                previous = self._set_limits(connection, remember=nested)
+            if self._session_carries_limits(connection):
                 yield
-                if previous is not None:
-                    self._restore_limits(connection, previous)
+            else:
+                with transaction.atomic(using=self.using):
+                    previous = self._set_limits(connection, remember=nested)
+                    yield
+                    if previous is not None:
+                        self._restore_limits(connection, previous)
         except OperationalError as exc:
             outcome = "timeout" if is_timeout(exc) else "error"
             if outcome == "timeout":
@@ -155,23 +172,25 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
                 },
             )
 
+    def _session_carries_limits(self, connection: Any) -> bool:
+        """True when this block may run as it is, without a transaction of its own: it declared that
+        its statements need not commit together (`atomic=False`), none is open, and the connection's
+        session already has exactly these limits (the web server's connections,
+        `converzia.db.postgresql`). That saves BEGIN, the SET LOCAL and COMMIT: three round trips."""
+        if self.atomic or connection.in_atomic_block:
+            return False
+        connection.ensure_connection()  # the limits are those its session was opened with
+        return getattr(connection, "session_limits_ms", None) == (self.timeout_ms, self.lock_timeout_ms)
+
     def _set_limits(self, connection: Any, *, remember: bool) -> tuple[str, str] | None:
         with connection.cursor() as cursor:
+            previous = None
             if remember:
                 cursor.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')")
                 previous = cursor.fetchone()
-            else:
-                previous = None
-            # set_config(..., true) is SET LOCAL with bound parameters.
-            cursor.execute(
-                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                [f"{self.timeout_ms}ms", f"{self.lock_timeout_ms}ms"],
-            )
+            cursor.execute(_SET_LIMITS_SQL, [f"{self.timeout_ms}ms", f"{self.lock_timeout_ms}ms"])
         return previous
 
     def _restore_limits(self, connection: Any, previous: tuple[str, str]) -> None:
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                list(previous),
-            )
+            cursor.execute(_SET_LIMITS_SQL, list(previous))

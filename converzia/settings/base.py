@@ -65,11 +65,18 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 DB_STATEMENT_TIMEOUT_MS = env.int("DB_STATEMENT_TIMEOUT_MS", default=10_000)
 DB_CONNECT_TIMEOUT_S = env.int("DB_CONNECT_TIMEOUT_S", default=3)
+# Open connections with the guard's default limits as session settings, so a default-limit guarded read
+# needs no transaction of its own (converzia/db/timeouts.py). The WSGI entry point turns it on: commands
+# and the worker keep the server's defaults (a migration may run a statement for minutes).
+DB_SESSION_TIMEOUTS = env.bool("DB_SESSION_TIMEOUTS", default=False)
 
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/converzia"),
 }
 DATABASES["default"].setdefault("OPTIONS", {})
+# Django's PostgreSQL backend, with a health check that polls the socket before paying a round trip
+# (converzia/db/postgresql/base.py).
+DATABASES["default"]["ENGINE"] = "converzia.db.postgresql"
 # A dead database must fail a request in seconds, not hang it (the webhook budget is 5 s).
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", DB_CONNECT_TIMEOUT_S)
 # Parameters travel separately from the SQL (psycopg dumps them in C, PostgreSQL prepares statements

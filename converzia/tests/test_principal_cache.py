@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 
 from billing.services import tenant_approve
 from converzia import cache as cache_module
+from converzia import principal as principal_module
 from converzia.api.base import ApiView, TenantApiView
 from converzia.api.permissions import IsStaff
 from converzia.cache import principal_token_key, principal_version_key
@@ -109,7 +110,10 @@ def member() -> TenantMember:
 
 @pytest.fixture
 def client(member: TenantMember) -> APIClient:
-    return bearer(api_token_issue(user=member.user).raw)
+    raw = api_token_issue(user=member.user).raw
+    client = bearer(raw)
+    client.raw_token = raw  # type: ignore[attr-defined]
+    return client
 
 
 # --- what the cache saves --------------------------------------------------------------------------
@@ -128,6 +132,41 @@ def test_cold_then_warm_query_counts(client, member):
     member.user.save()
     assert queries_of(client, TENANT_URL) == 2
     assert queries_of(client, TENANT_URL) == 0
+
+
+def cache_operations(monkeypatch) -> list[tuple[str, str]]:
+    """Every Redis operation converzia.cache performs, as (operation, key), in order."""
+    seen: list[tuple[str, str]] = []
+    original = cache_module._cache_call
+
+    def counted(family: str, operation: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append((operation, str(args[0]) if args else ""))
+        return original(family, operation, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_cache_call", counted)
+    return seen
+
+
+def test_a_warm_request_reads_only_the_users_version_from_redis(client, member, monkeypatch):
+    warm(client)
+    seen = cache_operations(monkeypatch)
+    assert queries_of(client, TENANT_URL) == 0
+    assert seen == [("get", principal_version_key(member.user.pk))]
+
+
+def test_a_stale_process_copy_takes_another_processs_fresh_entry_from_redis(client, member, monkeypatch):
+    warm(client)
+    digest = ApiToken.digest(client.raw_token)
+    stale = principal_module._entries.get(digest)
+    member.user.save()  # invalidates: the version changes
+    # "Another process" loads and stores the fresh entry; this one still holds the stale copy.
+    principal_module._entries.clear()
+    assert queries_of(client, TENANT_URL) == 2
+    principal_module._entries.put(digest, stale)
+    seen = cache_operations(monkeypatch)
+    assert queries_of(client, TENANT_URL) == 0, "the fresh entry came from Redis, not the database"
+    assert [operation for operation, _ in seen] == ["get", "get"]  # the version, then the entry
+    assert principal_module._entries.get(digest)["version"] != stale["version"]
 
 
 def test_warm_request_user_is_a_real_user_with_the_fields_the_api_reads(client, member):

@@ -136,6 +136,7 @@ class LeadViewSet(TenantViewSet):
             filters=filters,
             can_view_details=self.tenant_context.can(Permission.VIEW_LEAD_DETAILS),
             paginate=self.paginate_queryset,
+            paginate_prepared=self.paginate_prepared,
         )
         return self.get_paginated_response(items)
 

@@ -19,11 +19,12 @@ from billing.services import (
     trial_credits_grant,
 )
 from billing.tests.factories import TenantPricingFactory
+from converzia.api.renderers import OrjsonRenderer
 from converzia.models import MembershipStatus, TenantRole
 from converzia.tests.factories import StaffUserFactory, TenantMemberFactory, UserFactory
 from deliveries.tests.factories import DeliveryFactory
 from leads.tests.factories import OfferFactory
-from portal.api.billing import BillingBalanceView
+from portal.api.billing import BillingBalanceView, BillingLedgerViewSet
 
 pytestmark = pytest.mark.django_db
 T = CreditTransactionType
@@ -174,6 +175,20 @@ def test_ledger_rows_newest_first_with_their_fields(tenant, owner, client_for):
     assert body["results"][2]["delivery_id"] == str(charge.delivery_id)
     # Staff notes stay internal.
     assert all("notes" not in row for row in body["results"])
+
+
+def test_ledger_body_is_byte_for_byte_what_its_output_serializer_renders(tenant, owner, client_for):
+    """The page's dicts skip the serializer (converzia.db.prepared); the serializer stays the schema
+    and the reference: its rendering of the same model rows gives the same bytes."""
+    charged_tenant_history(tenant)
+    response = client_for(owner).get(LEDGER_URL)
+    entries = CreditLedger.objects.filter(tenant=tenant).order_by("-created_at", "-id")
+    expected = {
+        "results": BillingLedgerViewSet.OutputSerializer(entries, many=True).data,
+        "next": None,
+        "previous": None,
+    }
+    assert response.content == OrjsonRenderer().render(expected)
 
 
 def test_ledger_shows_only_the_tenants_rows(tenant, other_tenant, owner, client_for):

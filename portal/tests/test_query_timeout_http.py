@@ -10,7 +10,7 @@ wrapped so that its guarded block sleeps first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -73,10 +73,23 @@ def slow_lead_list(monkeypatch, settings, calls):
     guard = module_guard(portal.selectors.portal_lead_page)
     monkeypatch.setattr(guard, "timeout_ms", TIMEOUT_MS)
     monkeypatch.setattr(guard, "lock_timeout_ms", TIMEOUT_MS // 2)
-    monkeypatch.setattr(
-        portal.selectors, "portal_lead_offers", sleeping(portal.selectors.portal_lead_offers, calls)
-    )
+    # The page runs as a prepared query (converzia.db.prepared): its run sleeps first.
+    page_query = portal.selectors._LEAD_PAGE
+    monkeypatch.setattr(page_query, "rows", sleeping(page_query.rows, calls))
     return "/api/portal/leads", "portal.leads.list"
+
+
+@pytest.fixture(params=[False, True], ids=["server-defaults", "session-limits"])
+def session_limits(request, settings) -> Iterator[bool]:
+    """Both ways a guard can run: SET LOCAL in its own transaction (commands, the worker), or, as the
+    web server does (`DB_SESSION_TIMEOUTS`), on a connection whose session starts with the limits, where
+    a read declared `atomic=False` runs without a transaction. The connection reopens either way."""
+    settings.DB_SESSION_TIMEOUTS = request.param
+    if request.param:
+        settings.DB_STATEMENT_TIMEOUT_MS = TIMEOUT_MS  # the session's limits are the default ones
+    connection.close()
+    yield request.param
+    connection.close()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -84,7 +97,7 @@ def slow_lead_list(monkeypatch, settings, calls):
     "make_slow", [slow_stats, slow_funnel, slow_lead_list], ids=["stats", "funnel", "leads"]
 )
 def test_read_past_its_timeout_is_503_after_two_logged_attempts_and_the_connection_is_clean(
-    make_slow, monkeypatch, settings, caplog
+    make_slow, session_limits, monkeypatch, settings, caplog
 ):
     member = TenantMemberFactory()
     LeadOfferFactory(offer=OfferFactory(tenant=member.tenant))
@@ -110,8 +123,11 @@ def test_read_past_its_timeout_is_503_after_two_logged_attempts_and_the_connecti
     assert {r.request_id for r in lines} == {response["X-Request-ID"]}
     assert {r.timeout_ms for r in lines} == {TIMEOUT_MS}
 
-    # The same connection, back at the server's defaults: SET LOCAL died with the transaction.
+    # The same connection, back at its session's defaults: SET LOCAL died with the transaction, or
+    # (session limits) nothing was set at all.
     assert session_state() == before
+    if session_limits:
+        assert before[1:] == (f"{TIMEOUT_MS}ms", f"{TIMEOUT_MS // 2}ms")
     monkeypatch.undo()
     assert client.get(path).status_code == 200
     assert session_state() == before
