@@ -9,5 +9,6 @@ user sessions, mixed read throughput, the ops write, and Meta ingestion (ack and
 - `sessions`  concurrent portal user sessions and the mixed read throughput;
 - `writes`    the ops transition, made there and back;
 - `ingestion` the webhook ack and end to end, with the Graph stub and worker processes it starts;
-- `report`    percentiles, the table, the JSON and the report folder (markdown, latency chart).
+- `report`    percentiles, framework overhead in liveness p50s, the table, the JSON and the report folder
+              (markdown, latency chart).
 """

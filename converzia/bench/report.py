@@ -1,5 +1,5 @@
-"""Percentiles, pass/fail against the targets, the table and JSON of a run, and its report folder
-(`report.json`, `report.md`, `latency.png`)."""
+"""Percentiles, pass/fail against the targets, framework overhead against the liveness p50, the table
+and JSON of a run, and its report folder (`report.json`, `report.md`, `latency.png`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from converzia.bench.http import LoadResult
-from converzia.bench.scenarios import Scenario, Targets
+from converzia.bench.scenarios import LIVENESS_SCENARIO, OverheadBasis, Scenario, Targets
 
 
 def percentile_ms(latencies_s: Sequence[float], pct: float) -> float:
@@ -52,6 +52,13 @@ class ScenarioResult:
     meets_throughput: bool | None = None
     # What a scenario measures besides the latency columns (e.g. ingestion's enqueue → start).
     extra: dict[str, Any] | None = None
+    # Framework overhead (TARGETS.md): how it is measured (an OverheadBasis value; None: not a request
+    # latency), its milliseconds, those in multiples of the run's liveness p50, and the target.
+    overhead_basis: str | None = None
+    overhead_ms: float | None = None
+    overhead_x_liveness: float | None = None
+    overhead_target_x: float | None = None
+    meets_overhead: bool | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -120,6 +127,15 @@ def scenario_result(
 ) -> ScenarioResult:
     result = _latency_result(scenario.name, scenario.description, load, scenario.targets)
     ratio = result.p50_ms / raw_sql_p50_ms if raw_sql_p50_ms else None
+    if raw_sql_p50_ms is not None:
+        basis = OverheadBasis.API_MINUS_SQL
+    elif scenario.raw_sql_request is None:
+        basis = OverheadBasis.WHOLE_P50  # a cached read, or liveness: no SQL to subtract
+    else:
+        basis = OverheadBasis.UPPER_BOUND  # its SQL could not be timed
+    result = with_overhead(
+        result, basis=basis, target_x=scenario.overhead_target_x, raw_sql_p50_ms=raw_sql_p50_ms
+    )
     return ScenarioResult(
         **{
             **asdict(result),
@@ -132,6 +148,122 @@ def scenario_result(
             else ratio <= scenario.ratio_target,
         }
     )
+
+
+def overhead_ms(p50_ms: float, raw_sql_p50_ms: float | None, basis: OverheadBasis | None) -> float | None:
+    """What the framework adds to a request's p50 (TARGETS.md "Framework overhead"); None when it
+    cannot be told: no basis, no latencies, or API − SQL without the SQL's timing."""
+    if basis is None or math.isnan(p50_ms):
+        return None
+    if basis == OverheadBasis.API_MINUS_SQL:
+        return None if raw_sql_p50_ms is None else round(p50_ms - raw_sql_p50_ms, 2)
+    return p50_ms
+
+
+def with_overhead(
+    result: ScenarioResult,
+    *,
+    basis: OverheadBasis | None,
+    target_x: float | None,
+    raw_sql_p50_ms: float | None = None,
+) -> ScenarioResult:
+    """`result` with its overhead in ms and its target; judged later, once the liveness p50 is known."""
+    return ScenarioResult(
+        **{
+            **asdict(result),
+            "overhead_basis": None if basis is None else str(basis),
+            "overhead_ms": overhead_ms(result.p50_ms, raw_sql_p50_ms, basis),
+            "overhead_target_x": target_x,
+        }
+    )
+
+
+def liveness_p50_ms(results: Sequence[ScenarioResult]) -> float | None:
+    """The p50 of the run's first liveness scenario: the unit of framework overhead."""
+    for result in results:
+        if result.name == LIVENESS_SCENARIO:
+            usable = result.requests and not math.isnan(result.p50_ms) and result.p50_ms > 0
+            return result.p50_ms if usable else None
+    return None
+
+
+def judge_overhead(results: Sequence[ScenarioResult], liveness_ms: float | None) -> list[ScenarioResult]:
+    """Each overhead in multiples of `liveness_ms`, and whether it meets its target (None: no target,
+    or nothing to judge)."""
+    judged = []
+    for result in results:
+        if liveness_ms is None or result.overhead_ms is None:
+            times, meets = None, None
+        else:
+            times = result.overhead_ms / liveness_ms
+            meets = None if result.overhead_target_x is None else times <= result.overhead_target_x
+        judged.append(
+            ScenarioResult(
+                **{
+                    **asdict(result),
+                    "overhead_x_liveness": None if times is None else round(times, 2),
+                    "meets_overhead": meets,
+                }
+            )
+        )
+    return judged
+
+
+@dataclass(frozen=True)
+class OverheadSummary:
+    liveness_p50_ms: float | None
+    # Measured again after the read scenarios (in the liveness row's extra), to show drift.
+    liveness_p50_ms_after_reads: float | None
+    met: list[str]
+    missed: list[ScenarioResult]
+    not_judged: list[str]  # a target and no figure: the scenario failed, or liveness did
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "met": self.met,
+            "missed": [result.name for result in self.missed],
+            "not_judged": self.not_judged,
+        }
+
+
+def overhead_summary(results: Sequence[ScenarioResult]) -> OverheadSummary:
+    after_reads = next(
+        (
+            (result.extra or {}).get("p50_ms_after_reads")
+            for result in results
+            if result.name == LIVENESS_SCENARIO
+        ),
+        None,
+    )
+    with_target = [result for result in results if result.overhead_target_x is not None]
+    return OverheadSummary(
+        liveness_p50_ms=liveness_p50_ms(results),
+        liveness_p50_ms_after_reads=after_reads,
+        met=[result.name for result in with_target if result.meets_overhead is True],
+        missed=[result for result in with_target if result.meets_overhead is False],
+        not_judged=[result.name for result in with_target if result.meets_overhead is None],
+    )
+
+
+def overhead_summary_line(results: Sequence[ScenarioResult]) -> str:
+    """One line: the liveness unit, how many overhead targets were met, and which were missed."""
+    summary = overhead_summary(results)
+    if summary.liveness_p50_ms is None:
+        unit = f"no {LIVENESS_SCENARIO} p50, nothing judged"
+    else:
+        unit = f"{LIVENESS_SCENARIO} p50 {summary.liveness_p50_ms:.2f} ms, measured first"
+        if summary.liveness_p50_ms_after_reads is not None:
+            unit += f"; {summary.liveness_p50_ms_after_reads:.2f} ms after the reads"
+    judged = len(summary.met) + len(summary.missed)
+    line = f"Framework overhead ({unit}): {len(summary.met)} of {judged} targets met"
+    if summary.missed:
+        line += "; missed: " + ", ".join(
+            f"{result.name} {result.overhead_x_liveness:g}× > {result.overhead_target_x:g}×"
+            for result in summary.missed
+        )
+    if summary.not_judged:
+        line += "; not judged: " + ", ".join(summary.not_judged)
+    return line + "."
 
 
 def _mark(ok: bool | None) -> str:
@@ -150,9 +282,18 @@ def _throughput(result: ScenarioResult) -> str:
     return f"{result.throughput_per_s:g} {unit}{floor}"
 
 
+def _overhead(result: ScenarioResult) -> str:
+    if result.overhead_ms is None:
+        return "-"
+    # "≤": the whole p50 of requests whose SQL was not timed, so at most this much is the framework's.
+    bound = "≤" if result.overhead_basis == OverheadBasis.UPPER_BOUND else ""
+    return f"{bound}{result.overhead_ms:.1f}"
+
+
 _HEADER = (
     "scenario", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", "guide p50/95/99", "",
-    "ours p50/99", "", "raw SQL p50", "API/SQL", "", "throughput", "",
+    "ours p50/99", "", "raw SQL p50", "API/SQL", "", "overhead ms", "× live", "target ×", "",
+    "throughput", "",
 )  # fmt: skip
 
 
@@ -173,6 +314,10 @@ def _rows(results: Sequence[ScenarioResult]) -> list[tuple[str, ...]]:
             "-" if result.raw_sql_p50_ms is None else f"{result.raw_sql_p50_ms:.1f}",
             "-" if result.overhead_ratio is None else f"{result.overhead_ratio:.2f}",
             _mark(result.meets_ratio),
+            _overhead(result),
+            "-" if result.overhead_x_liveness is None else f"{result.overhead_x_liveness:.1f}",
+            _targets(None if result.overhead_target_x is None else [result.overhead_target_x]),
+            _mark(result.meets_overhead),
             _throughput(result),
             _mark(result.meets_throughput),
         ))  # fmt: skip
@@ -201,6 +346,7 @@ def markdown(results: Sequence[ScenarioResult], about: dict[str, Any]) -> str:
     lines += [f"- {key}: {value}" for key, value in about.items() if key != "started_at"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(results)]
+    lines += ["", overhead_summary_line(results), "", _OVERHEAD_NOTE]
     lines += ["", "| scenario | what |", "|---|---|"]
     lines += [f"| {result.name} | {result.description} |" for result in results]
     details = [result for result in results if result.extra or result.first_failure]
@@ -214,6 +360,13 @@ def markdown(results: Sequence[ScenarioResult], about: dict[str, Any]) -> str:
             if result.first_failure:
                 lines.append(f"- **{result.name}** first failure: `{result.first_failure}`")
     return "\n".join(lines) + "\n"
+
+
+_OVERHEAD_NOTE = (
+    "overhead ms: p50 − raw SQL p50 where the SQL was timed; the whole p50 for cached reads, liveness, "
+    "the webhook ack and the ops transition; ≤: the whole p50 of requests whose SQL was not timed (an "
+    f"upper bound). × live: that over the {LIVENESS_SCENARIO} p50 of this run, at the same concurrency."
+)
 
 
 def latency_chart(results: Sequence[ScenarioResult], path: Path) -> None:
@@ -285,4 +438,12 @@ def write_report(
 
 
 def json_text(results: Sequence[ScenarioResult]) -> str:
-    return json.dumps([result.as_dict() for result in results], indent=2, default=str)
+    """The run as JSON: the liveness unit, the overhead targets met and missed, and every result."""
+    summary = overhead_summary(results)
+    document = {
+        "liveness_p50_ms": summary.liveness_p50_ms,
+        "liveness_p50_ms_after_reads": summary.liveness_p50_ms_after_reads,
+        "overhead_targets": summary.as_dict(),
+        "results": [result.as_dict() for result in results],
+    }
+    return json.dumps(document, indent=2, default=str)

@@ -9,10 +9,13 @@ the ops write, the Meta webhook's ack and ingestion end to end.
 The server must use the same database as this command (and, for the webhook scenarios, the same
 META_APP_SECRET): the command picks the tenants to measure (the whale and a ~10k-lead tenant, plus
 owners of the largest tenants as session users), issues throw-away API tokens (revoked at the end),
-and times the SQL of each read on its own for the API / raw SQL ratio. It writes: ingested leads land
-on the `measure-ingestion` tenant; the ops scenario moves some of the whale's lead_offers to a partner
-status and back (converzia/bench/writes.py). Every run writes reports/bench/<UTC timestamp>/ (report.json,
-report.md, latency.png) unless --no-report. See docs/performance.md.
+and times the SQL of each read on its own for the API / raw SQL ratio and the framework overhead
+(API p50 − raw SQL p50), judged in multiples of `GET /api/health/live`'s p50: `health.live` runs first,
+even when --scenario leaves it out, and again after the other reads (reported, not used). It writes:
+ingested leads land on the `measure-ingestion` tenant; the ops scenario moves some of the whale's
+lead_offers to a partner status and back (converzia/bench/writes.py). Every run writes
+reports/bench/<UTC timestamp>/ (report.json, report.md, latency.png) unless --no-report. See
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -46,12 +49,26 @@ from converzia.bench.ingestion import (
 from converzia.bench.report import (
     ScenarioResult,
     json_text,
+    judge_overhead,
+    liveness_p50_ms,
     measured_result,
+    overhead_summary_line,
     scenario_result,
     table,
+    with_overhead,
     write_report,
 )
-from converzia.bench.scenarios import NO_TARGET, WRITE_TARGETS, Flow, Scenario, read_scenarios
+from converzia.bench.scenarios import (
+    LIVENESS_SCENARIO,
+    NO_TARGET,
+    OVERHEAD_X_ACK,
+    OVERHEAD_X_WRITE,
+    WRITE_TARGETS,
+    Flow,
+    OverheadBasis,
+    Scenario,
+    read_scenarios,
+)
 from converzia.bench.sessions import (
     MIXED_READ_TARGET_PER_S,
     SESSION_LOOP_REQUESTS,
@@ -98,6 +115,13 @@ def _positive(value: str) -> int:
 
 def _levels(value: str) -> list[int]:
     return [_positive(part) for part in value.split(",") if part.strip()]
+
+
+def _liveness_first(selected: list[Scenario], every: Sequence[Scenario]) -> list[Scenario]:
+    """The selected read scenarios with liveness first: it is the unit of overhead, so it runs even
+    when --scenario leaves it out."""
+    liveness = [scenario for scenario in every if scenario.name == LIVENESS_SCENARIO]
+    return liveness + [scenario for scenario in selected if scenario.name != LIVENESS_SCENARIO]
 
 
 def _failed(name: str, description: str, message: str) -> ScenarioResult:
@@ -225,8 +249,10 @@ class Command(ConverziaCommand):
                 scenarios, skipped = read_scenarios(fixture)
                 flows, flows_skipped = self._flows(fixture, options, stack)
                 skipped += flows_skipped
+                everything = scenarios
                 scenarios = self._selected(scenarios, options["scenario"], also=flows)
-                flows = self._selected(flows, options["scenario"], also=scenarios)
+                flows = self._selected(flows, options["scenario"], also=everything)
+                scenarios = _liveness_first(scenarios, everything)
                 if options["list"]:
                     for item in [*scenarios, *flows]:
                         self.stdout.write(f"{item.name:28} {item.description}")
@@ -239,10 +265,12 @@ class Command(ConverziaCommand):
                     + (f"; skipped: {', '.join(sorted(set(skipped)))}" if skipped else "")
                 )
                 results = [self._run(scenario, options) for scenario in scenarios]
+                results = self._liveness_after_reads(results, scenarios, options)
                 results += [self._run_flow(flow) for flow in flows]
         except BenchDataError as exc:
             raise CommandError(str(exc)) from None
 
+        results = judge_overhead(results, liveness_p50_ms(results))
         if options["json"]:
             self.stdout.write(json_text(results))
         else:
@@ -263,6 +291,8 @@ class Command(ConverziaCommand):
             }
             folder = write_report(options["report_dir"], results, about, started_at)
             (self.stderr if options["json"] else self.stdout).write(f"report: {folder}")
+        # The summary ends the human output; with --json it goes beside the progress lines.
+        (self.stderr if options["json"] else self.stdout).write(overhead_summary_line(results))
         failed = [result for result in results if result.failed]
         if failed:
             details = "; ".join(
@@ -282,6 +312,7 @@ class Command(ConverziaCommand):
                 f"{len(fixture.session_users)} portal users at once, each looping list → next page → "
                 "detail → stats → funnel → balance",
                 lambda: self._sessions(fixture, options),
+                overhead_basis=OverheadBasis.UPPER_BOUND,
             ),
             Flow(
                 "reads.mixed",
@@ -289,6 +320,7 @@ class Command(ConverziaCommand):
                 + "/".join(str(level) for level in options["mixed_concurrency"])
                 + " in flight",
                 lambda: self._mixed(fixture, options),
+                overhead_basis=OverheadBasis.UPPER_BOUND,
             ),
         ]
         rows = transition_rows(fixture.whale, options["concurrency"] * ROWS_PER_CLIENT)
@@ -299,6 +331,8 @@ class Command(ConverziaCommand):
                     "ops.transition",
                     f"staff transition of {len(rows)} whale lead_offers there and back ({pairs})",
                     lambda: self._transitions(rows, fixture, options),
+                    overhead_basis=OverheadBasis.WHOLE_P50,
+                    overhead_target_x=OVERHEAD_X_WRITE,
                 )
             )
         else:
@@ -325,12 +359,15 @@ class Command(ConverziaCommand):
                 + ("the worker running too" if options["worker_running"] else "web alone")
                 + "; then the worker must process them all",
                 lambda: self._ack(ingestion, options),
+                overhead_basis=OverheadBasis.WHOLE_P50,
+                overhead_target_x=OVERHEAD_X_ACK,
             ),
             Flow(
                 "webhook.end_to_end",
                 f"{options['e2e_events']} signed POSTs × {options['e2e_changes_per_event']} change(s) at "
                 f"concurrency {options['e2e_concurrency']}, first POST → last lead processed",
                 lambda: self._end_to_end(ingestion, options),
+                # No overhead: its latency columns are per change, stored → processed, not requests.
             ),
         ]
         return flows, skipped
@@ -354,6 +391,7 @@ class Command(ConverziaCommand):
         except IngestionError as exc:
             result = _failed(flow.name, flow.description, str(exc))
         result = ScenarioResult(**{**result.as_dict(), "description": flow.description})
+        result = with_overhead(result, basis=flow.overhead_basis, target_x=flow.overhead_target_x)
         summary = f" p50 {result.p50_ms:.1f} ms"
         if result.throughput_per_s is not None:
             summary += f", {result.throughput_per_s:g} {result.throughput_unit}"
@@ -468,6 +506,28 @@ class Command(ConverziaCommand):
             raise CommandError(f"No scenario matches {patterns}; the scenarios are: {names}.")
         return chosen
 
+    def _liveness_after_reads(
+        self, results: list[ScenarioResult], scenarios: Sequence[Scenario], options: dict[str, Any]
+    ) -> list[ScenarioResult]:
+        """Measure liveness again once the other reads have run, into its row's extra: a drift check
+        (the first measurement stays the reference)."""
+        if len(scenarios) < 2 or scenarios[0].name != LIVENESS_SCENARIO:
+            return results
+        again = self._run(scenarios[0], options, label=" (again, after the reads)")
+        first = results[0]
+        extra = {
+            **(first.extra or {}),
+            "p50_ms_after_reads": again.p50_ms,
+            "requests_after_reads": again.requests,
+        }
+        # Its failures count like any others (the command fails on them).
+        counted = {
+            "extra": extra,
+            "failed": first.failed + again.failed,
+            "first_failure": first.first_failure or again.first_failure,
+        }
+        return [ScenarioResult(**{**first.as_dict(), **counted}), *results[1:]]
+
     def _check_server(self, url: str) -> None:
         parts = urlsplit(url)
         try:
@@ -482,8 +542,8 @@ class Command(ConverziaCommand):
         if status != 200:
             raise CommandError(f"{url}/api/health/live answered {status}, not 200.")
 
-    def _run(self, scenario: Scenario, options: dict[str, Any]) -> ScenarioResult:
-        self.stderr.write(f"  {scenario.name} …", ending="")
+    def _run(self, scenario: Scenario, options: dict[str, Any], *, label: str = "") -> ScenarioResult:
+        self.stderr.write(f"  {scenario.name}{label} …", ending="")
         self.stderr.flush()
         started = time.monotonic()
         load = run_closed_loop(
