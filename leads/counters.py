@@ -7,7 +7,9 @@ Counting a whale's 500,000 index entries per stats read cost ~65 ms; these read 
   on every insert, delete and counter-moving update of lead_offers, in the writer's transaction.
   Append-only: no two transactions ever update the same row, so no waits and no deadlocks.
 - Compaction (`lead_offer_counts_compact`, a periodic job) folds deltas into `lead_offer_counts`.
-- Reads (`lead_offer_counts_for_tenant`) sum both tables in ONE statement.
+- Reads (`lead_offer_counts_for_tenant`) sum both tables in ONE statement. `COUNTS_READ_SQL` is that
+  statement for readers that embed it in a larger one (portal.stats reads every live number at once),
+  and `lead_offer_counts_from_rows` folds its rows: one definition either way.
 
 Why the read is exact under READ COMMITTED: one statement reads both tables under one snapshot. A
 writer's deltas commit with its lead_offers rows, so they are visible exactly when those rows are. A
@@ -25,7 +27,9 @@ the totals are upserted in key order, so two compactions wait on each other but 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connection, transaction
 
@@ -36,8 +40,9 @@ from leads.models import LeadOfferStatus
 # Deltas folded per transaction: bounds a compaction's locks and WAL burst after a bulk update.
 COMPACT_BATCH = 50_000
 
-_READ_SQL = """
-SELECT status, disqualification_category, sum(n)::bigint
+# Rows of (status, disqualification_category, n) for the tenant `%(tenant)s`, under one snapshot.
+COUNTS_READ_SQL = """
+SELECT status, disqualification_category, sum(n)::bigint AS n
 FROM (
     SELECT status, disqualification_category, n FROM lead_offer_counts WHERE tenant_id = %(tenant)s
     UNION ALL
@@ -99,8 +104,12 @@ def lead_offer_counts_for_tenant(*, tenant: Tenant) -> LeadOfferCounts:
     """One statement, ~20 rows whatever the tenant's size (the primary key of lead_offer_counts and
     idx_lead_offer_deltas_tenant). Zero counts are left out."""
     with connection.cursor() as cursor:
-        cursor.execute(_READ_SQL, {"tenant": tenant.pk})
-        rows = cursor.fetchall()
+        cursor.execute(COUNTS_READ_SQL, {"tenant": tenant.pk})
+        return lead_offer_counts_from_rows(cursor.fetchall())
+
+
+def lead_offer_counts_from_rows(rows: Iterable[Sequence[Any]]) -> LeadOfferCounts:
+    """The counts from the rows of `COUNTS_READ_SQL`. Zero counts are left out."""
     by_status: dict[str, int] = {}
     by_category: dict[str, int] = {}
     for status, category, n in rows:
@@ -143,8 +152,10 @@ def lead_offer_counts_rebuild() -> None:
 
 
 __all__ = [
+    "COUNTS_READ_SQL",
     "LeadOfferCounts",
     "lead_offer_counts_compact",
     "lead_offer_counts_for_tenant",
+    "lead_offer_counts_from_rows",
     "lead_offer_counts_rebuild",
 ]

@@ -1,9 +1,11 @@
 """Reads behind `GET /api/portal/leads/stats` and `GET /api/portal/funnel` (decisions D1, D2, D8a, D9).
 
-Composition only: the stage map comes from `leads.funnel`, the balance from `billing.selectors`, the
-daily trend from `portal.stats_view`. Every live count is a SQL aggregate (never rows counted in
-Python) run through `guarded`, and every window ("today", "7d", `created_from`) is cut at the tenant's
-local midnight, computed at read time.
+Composition only: the stage map comes from `leads.funnel`, the counts by status from the maintained
+counters (`leads.counters`), the daily trend from `tenant_stats_materialized` (`portal.stats_view`).
+Every live count is a SQL aggregate (never rows counted in Python) run through `guarded`, and every
+window ("today", "7d", `created_from`) is cut at the tenant's local midnight, computed at read time.
+The live stats are two statements (every number, then the trend); the live funnel is two (the
+offers, then the counts by offer and status).
 
 The `*_compute` functions return JSON-able dicts (they are what the cache stores); the `*_get`
 functions wrap them in `cached_read` with the tenant-versioned keys, so a lead change invalidates them.
@@ -15,12 +17,13 @@ import datetime as dt
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from billing.services import credit_balance_get
 from converzia.cache import (
     TTL_FUNNEL,
     TTL_STATS,
@@ -32,11 +35,10 @@ from converzia.cache import (
 from converzia.db.timeouts import guarded
 from converzia.models import Tenant
 from converzia.tenancy import scoped
-from leads.counters import lead_offer_counts_for_tenant
-from leads.funnel import FUNNEL_STAGES, STAGE_KEYS, conversion_rate, stage_counts, status_counts_by_group
+from leads.counters import COUNTS_READ_SQL, LeadOfferCounts, lead_offer_counts_from_rows
+from leads.funnel import FUNNEL_STAGES, conversion_rate, stage_counts, status_counts_by_group
 from leads.models import (
     DisqualificationCategory,
-    LeadEvent,
     LeadEventType,
     LeadOffer,
     LeadOfferStatus,
@@ -44,13 +46,8 @@ from leads.models import (
     OfferStatus,
 )
 from leads.selectors import FunnelCounts, offer_get_for_tenant, offer_list_for_tenant
-from portal.stats_view import (
-    VIEW_HISTORY_DAYS,
-    DailyTrend,
-    tenant_daily_trend,
-    tenant_local_midnight,
-    tenant_local_today,
-)
+from portal.models import TenantDailyStats
+from portal.stats_view import VIEW_HISTORY_DAYS, VIEW_NAME, tenant_local_midnight, tenant_local_today
 
 STATS_DAYS_DEFAULT = 30
 STATS_DAYS_MAX = VIEW_HISTORY_DAYS  # the trend cannot reach further back than the view keeps
@@ -72,70 +69,117 @@ def _window_starts(tenant: Tenant, today: dt.date) -> dict[str, dt.datetime]:
 # --- leads/stats -----------------------------------------------------------------------------------
 
 
-def _lead_offer_counts(*, tenant: Tenant, window_starts: dict[str, dt.datetime]) -> dict[str, int]:
-    """Every lead_offer counter of the stats body, in two statements, neither reading the lead_offers heap.
-
-    - counts by status and DISQUALIFIED rows by category: the maintained counters (leads/counters.py),
-      ~20 rows whatever the tenant's size (counting a whale's 500,000 index entries took ~65 ms).
-      Stages and total derive from the counts by status through the one stage map, so
-      `sum(stages) == total` by construction;
-    - rows created in the windows: idx_lead_offers_tenant_created, from the oldest window start on.
-    """
-    counters = lead_offer_counts_for_tenant(tenant=tenant)
-    by_status, by_category = counters.by_status, counters.disqualified_by_category
-    created = (
-        scoped(LeadOffer, tenant)
-        .order_by()
-        .filter(created_at__gte=min(window_starts.values()))
-        .aggregate(
-            **{
-                f"leads:{name}": Count("created_at", filter=Q(created_at__gte=start))
-                for name, start in window_starts.items()
-            }
-        )
+def _window_counts(column: str) -> str:
+    """One `count(*) FILTER` per window of `STATS_WINDOWS`, in its order, as a SQL array: the windows
+    nest, so one scan from the oldest start counts them all."""
+    return (
+        "ARRAY["
+        + ", ".join(f"count(*) FILTER (WHERE {column} >= %(since_{name})s)" for name in STATS_WINDOWS)
+        + "]"
     )
-    counts: dict[str, int] = {f"status:{status}": by_status.get(status, 0) for status in _STATUSES}
-    counts["total"] = counters.total
-    counts |= stage_counts(by_status)
-    # Only DISQUALIFIED rows (DOMAIN.md §4; v1's views counted any status). An empty or unknown
-    # category is `OTHER`.
-    counts |= {f"dq:{category}": by_category.get(category, 0) for category in _KNOWN_CATEGORIES}
-    counts[f"dq:{DisqualificationCategory.OTHER}"] = sum(
-        count for category, count in by_category.items() if category not in _KNOWN_CATEGORIES
+
+
+# Every live number of the stats body but the trend, in ONE statement: one round trip and one snapshot
+# instead of six. Raw SQL (bound parameters, run inside the stats guard) because the ORM cannot embed
+# the counters' UNION ALL nor count three windows in one scan without a GROUP BY subquery, and a
+# constant string costs no ORM compilation per request. Each scalar subquery keeps the plan it had as
+# a statement of its own (checked by the portal.stats.* patterns of `manage.py explain_check`):
+# - whether tenant_stats_materialized can be read (the trend, a second statement, needs it populated);
+# - the maintained counters (leads/counters.py; ~20 rows: the primary key of lead_offer_counts plus
+#   the pending deltas), as one json array (json, not jsonb: Django's backend hands jsonb back as
+#   text). Stages and total derive from the counts by status through the one stage map, so
+#   `sum(stages) == total` by construction;
+# - lead_offers created in the windows: index-only on idx_lead_offers_tenant_created, from the oldest
+#   window start on;
+# - deliveries completed in the windows. Delivered = DELIVERY_COMPLETED events, not lead_offers
+#   currently SENT_TO_DEVELOPER by status_changed_at: a delivered lead may later move on
+#   (SENT_TO_DEVELOPER → STOPPED) and would vanish from the window, while the event is immutable and
+#   dated when the delivery completed, the same instant (deliveries.delivered_at) the trend's
+#   `delivered` counts. Index-only on idx_lead_events_tenant_type_created;
+# - the credit balance: the one balance definition (billing.services.credit_balance_get), the
+#   tenant's balance row, NULL (read as 0) while it has none;
+# - the tenant's ACTIVE offers.
+_LIVE_SQL = f"""
+SELECT
+    (SELECT relispopulated FROM pg_class WHERE oid = %(view)s::regclass),
+    (SELECT coalesce(json_agg(json_build_array(status, disqualification_category, n)), '[]'::json)
+     FROM ({COUNTS_READ_SQL}) AS counters),
+    (SELECT {_window_counts("created_at")}
+     FROM lead_offers
+     WHERE tenant_id = %(tenant)s AND created_at >= %(since)s),
+    (SELECT {_window_counts("created_at")}
+     FROM lead_events
+     WHERE tenant_id = %(tenant)s AND event_type = %(delivery_completed)s AND created_at >= %(since)s),
+    (SELECT balance FROM tenant_credit_balances WHERE tenant_id = %(tenant)s),
+    (SELECT count(*) FROM offers WHERE tenant_id = %(tenant)s AND status = %(offer_active)s)
+"""
+
+
+@dataclass(frozen=True)
+class _LiveNumbers:
+    view_populated: bool
+    counters: LeadOfferCounts
+    created: dict[str, int]  # by window name
+    delivered: dict[str, int]  # by window name
+    credit_balance: int
+    active_offers: int
+
+
+def _live_numbers(*, tenant: Tenant, window_starts: dict[str, dt.datetime]) -> _LiveNumbers:
+    params: dict[str, Any] = {
+        "view": VIEW_NAME,
+        "tenant": tenant.pk,
+        "since": min(window_starts.values()),
+        "delivery_completed": LeadEventType.DELIVERY_COMPLETED,
+        "offer_active": OfferStatus.ACTIVE,
+        **{f"since_{name}": start for name, start in window_starts.items()},
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_LIVE_SQL, params)
+        populated, counter_rows, created, delivered, balance, active_offers = cursor.fetchone()
+    return _LiveNumbers(
+        view_populated=populated,
+        counters=lead_offer_counts_from_rows(counter_rows),
+        created=dict(zip(STATS_WINDOWS, created, strict=True)),
+        delivered=dict(zip(STATS_WINDOWS, delivered, strict=True)),
+        credit_balance=balance or 0,
+        active_offers=active_offers,
     )
-    return counts | created
 
 
-def _live_counts(*, tenant: Tenant, window_starts: dict[str, dt.datetime]) -> dict[str, Any]:
-    """Five statements: the two lead_offers counts, the deliveries aggregate, the balance, the offers."""
-    counts = _lead_offer_counts(tenant=tenant, window_starts=window_starts)
-    # Delivered = DELIVERY_COMPLETED events, not lead_offers currently SENT_TO_DEVELOPER by
-    # status_changed_at: a delivered lead may later move on (SENT_TO_DEVELOPER → STOPPED) and would
-    # vanish from the window, while the event is immutable and dated when the delivery completed,
-    # the same instant (deliveries.delivered_at) the trend's `delivered` counts. Index-only on
-    # idx_lead_events_tenant_type_created.
-    oldest = min(window_starts.values())
-    delivered = (
-        scoped(LeadEvent, tenant)
-        .filter(event_type=LeadEventType.DELIVERY_COMPLETED, created_at__gte=oldest)
-        .order_by()
-        .aggregate(
-            **{
-                # Count a column of the index, not the id: reading the id would mean the heap.
-                f"delivered:{name}": Count("created_at", filter=Q(created_at__gte=start))
-                for name, start in window_starts.items()
-            }
-        )
-    )
-    # The one balance definition, one query (balance_summary_get would add the pricing row).
-    balance = credit_balance_get(tenant=tenant)
-    active_offers = offer_list_for_tenant(tenant=tenant, statuses=[OfferStatus.ACTIVE]).count()
-    return {**counts, **delivered, "credit_balance": balance, "active_offers": active_offers}
+def _trend(*, tenant: Tenant, days: int, until: dt.date, view_populated: bool) -> list[dict[str, Any]]:
+    """The last `days` local days up to `until`, oldest first, zero-filled: one statement over
+    tenant_stats_materialized (the read of `portal.stats_view.tenant_daily_trend`, whose view state
+    `_LIVE_SQL` already read), none while the view has never been populated (reading it would fail)."""
+    window = [until - dt.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
+    rows: dict[dt.date, tuple[int, int]] = {}
+    if view_populated:
+        rows = {
+            day: (received, delivered)
+            for day, received, delivered in TenantDailyStats.objects.for_tenant(tenant)
+            .filter(day__range=(window[0], window[-1]))
+            .values_list("day", "leads_total", "deliveries_delivered")
+        }
+    points = []
+    for day in window:
+        received, delivered = rows.get(day, (0, 0))
+        points.append({"date": day.isoformat(), "received": received, "delivered": delivered})
+    return points
 
 
-def _stats_reads(*, tenant: Tenant, today: dt.date, days: int) -> tuple[dict[str, Any], DailyTrend]:
-    live = _live_counts(tenant=tenant, window_starts=_window_starts(tenant, today))
-    return live, tenant_daily_trend(tenant=tenant, days=days, until=today)
+def _stats_reads(*, tenant: Tenant, today: dt.date, days: int) -> tuple[_LiveNumbers, list[dict[str, Any]]]:
+    live = _live_numbers(tenant=tenant, window_starts=_window_starts(tenant, today))
+    return live, _trend(tenant=tenant, days=days, until=today, view_populated=live.view_populated)
+
+
+def _disqualification(by_category: dict[str, int]) -> dict[str, int]:
+    """DISQUALIFIED rows by category, every category listed (DOMAIN.md §4: only DISQUALIFIED rows; v1's
+    views counted any status). An empty or unknown stored category is `OTHER`."""
+    other = sum(count for category, count in by_category.items() if category not in _KNOWN_CATEGORIES)
+    return {
+        category: other if category == DisqualificationCategory.OTHER else by_category.get(category, 0)
+        for category in _CATEGORIES
+    }
 
 
 def lead_stats_compute(
@@ -143,31 +187,29 @@ def lead_stats_compute(
 ) -> dict[str, Any]:
     """The stats body without `tenant_id`, `as_of` and `cached` (JSON-able, for the cache).
 
-    `sum(stages) == total` by construction: both come from the same aggregate and the stage map has
+    `sum(stages) == total` by construction: both come from the same counters and the stage map has
     no gaps or overlaps (leads.funnel). Rows are counted by `lead_offers.tenant_id`, so unmapped
     leads (no offer) are in `received` and `total`.
     """
     if not 1 <= days <= STATS_DAYS_MAX:
         raise ValueError(f"days must be between 1 and {STATS_DAYS_MAX}, not {days}.")
     today = tenant_local_today(tenant, now=now)
-    # One guard (one transaction, one SET LOCAL) for the five statements: a guard each would add
-    # three round trips apiece (BEGIN, SET LOCAL, COMMIT) to statements that take a millisecond.
+    # One guard (one transaction, one SET LOCAL) for both statements: a guard each would add three
+    # round trips apiece (BEGIN, SET LOCAL, COMMIT) to statements that take a millisecond.
     live, trend = guarded("portal.stats.read").run(_stats_reads, tenant=tenant, today=today, days=days)
-    stages = {key: live[key] for key in STAGE_KEYS}
+    counters = live.counters
+    stages = stage_counts(counters.by_status)
     return {
-        "total": live["total"],
+        "total": counters.total,
         "stages": stages,
-        "statuses": {status: live[f"status:{status}"] for status in _STATUSES},
-        "disqualification": {category: live[f"dq:{category}"] for category in _CATEGORIES},
-        "conversion_rate": conversion_rate(stages["delivered"], live["total"]),
-        **{f"leads_{name}": live[f"leads:{name}"] for name in STATS_WINDOWS},
-        **{f"delivered_{name}": live[f"delivered:{name}"] for name in STATS_WINDOWS},
-        "credit_balance": live["credit_balance"],
-        "active_offers": live["active_offers"],
-        "trend": [
-            {"date": point.day.isoformat(), "received": point.received, "delivered": point.delivered}
-            for point in trend.points
-        ],
+        "statuses": {status: counters.by_status.get(status, 0) for status in _STATUSES},
+        "disqualification": _disqualification(counters.disqualified_by_category),
+        "conversion_rate": conversion_rate(stages["delivered"], counters.total),
+        **{f"leads_{name}": live.created[name] for name in STATS_WINDOWS},
+        **{f"delivered_{name}": live.delivered[name] for name in STATS_WINDOWS},
+        "credit_balance": live.credit_balance,
+        "active_offers": live.active_offers,
+        "trend": trend,
     }
 
 

@@ -3,6 +3,10 @@
 Both need `view_leads`, are cached server-side (60 s / 120 s, invalidated by any lead change) and
 HTTP-cacheable (ETag, 304; see `portal.api.http_caching`). `?fresh=true` bypasses the server cache
 for platform staff; anyone else gets 403 `forbidden`.
+
+Each is a viewset with one action, `read`: one resource, not a collection, so it is neither a `list`
+(no pagination, no `-list` route name) nor a `retrieve` (no id). `PortalRouter` (portal.api.urls)
+serves `read` as `GET {prefix}`, named after the basename.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from converzia.api.base import TenantApiView
+from converzia.api.base import TenantViewSet
 from converzia.api.schema import error_response
 from converzia.tenancy import Permission
 from leads.funnel import FUNNEL_STAGES
@@ -63,11 +67,14 @@ class StatsTrendPointSerializer(serializers.Serializer):
     delivered = serializers.IntegerField(help_text="Deliveries completed that day.")
 
 
-class LeadStatsView(TenantApiView):
+class LeadStatsViewSet(TenantViewSet):
     """Live funnel counts, recent windows, balance and the daily trend of the tenant."""
 
     required_permission = Permission.VIEW_LEADS
+    # A set, not a mapping by action: the one action's parameters, which OPTIONS (DRF's `metadata`
+    # action) accepts too, as every route does for its GET.
     allowed_query_params = {"days", FRESH_PARAM}
+    pagination_class = None
     schema_not_modified = True
 
     class FilterSerializer(serializers.Serializer):
@@ -107,7 +114,7 @@ class LeadStatsView(TenantApiView):
         )
 
     @extend_schema(parameters=[FilterSerializer], responses=OutputSerializer, tags=["portal"])
-    def get(self, request: Request) -> Response:
+    def read(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         fresh = fresh_allowed(filters.validated_data["fresh"], is_staff=request.user.is_staff)
@@ -137,7 +144,7 @@ class FunnelOfferSerializer(serializers.Serializer):
     conversion_rate = serializers.FloatField(help_text="delivered / total × 100, 2 decimals.")
 
 
-class FunnelView(TenantApiView):
+class FunnelViewSet(TenantViewSet):
     """The tenant's funnel by stage, and per offer, in one grouped query.
 
     Totals include unmapped leads (no offer yet), which appear in no item of `offers`. `offers` lists
@@ -145,7 +152,9 @@ class FunnelView(TenantApiView):
     """
 
     required_permission = Permission.VIEW_LEADS
+    # A set, as on LeadStatsViewSet.
     allowed_query_params = {"offer_id", "created_from", "created_to", FRESH_PARAM}
+    pagination_class = None
     schema_not_modified = True
 
     class FilterSerializer(serializers.Serializer):
@@ -184,7 +193,7 @@ class FunnelView(TenantApiView):
         },
         tags=["portal"],
     )
-    def get(self, request: Request) -> Response:
+    def read(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         data = filters.validated_data
@@ -198,7 +207,3 @@ class FunnelView(TenantApiView):
         )
         body: dict[str, Any] = {"as_of": _as_of(read.as_of), "cached": read.cached, **read.value}
         return cached_response(request, body)
-
-
-lead_stats_view = LeadStatsView.as_view()
-funnel_view = FunnelView.as_view()

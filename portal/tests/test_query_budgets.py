@@ -176,7 +176,7 @@ BUDGETS: dict[str, int] = {
     "leads-list": 6,
     "leads-list-filtered": 7,  # + the capped lookup of the leads matching `q`
     "leads-detail": 7,
-    "leads-stats cold": 12,  # the counts by status and by DISQUALIFIED category are one counter read
+    "leads-stats cold": 7,  # every live number in one statement, then the trend
     "leads-stats warm": 0,
     "funnel cold": 7,
     "funnel warm": 0,

@@ -16,7 +16,7 @@ from leads.funnel import STAGE_KEYS
 from leads.models import DisqualificationCategory, LeadOfferStatus
 from leads.services import lead_offer_transition
 from leads.tests.factories import LeadOfferFactory, OfferFactory
-from portal.api.stats import FunnelView, LeadStatsView
+from portal.api.stats import FunnelViewSet, LeadStatsViewSet
 from portal.stats import funnel_compute, lead_stats_compute
 from portal.stats_view import tenant_stats_refresh
 
@@ -501,7 +501,7 @@ def test_a_ledger_entry_and_a_delivery_each_make_the_next_read_fresh_and_exact(
 
 @pytest.mark.parametrize(
     ("path", "view"),
-    [("/api/portal/leads/stats", LeadStatsView), ("/api/portal/funnel", FunnelView)],
+    [("/api/portal/leads/stats", LeadStatsViewSet), ("/api/portal/funnel", FunnelViewSet)],
     ids=["stats", "funnel"],
 )
 @pytest.mark.parametrize("with_leads", [True, False], ids=["leads", "empty"])

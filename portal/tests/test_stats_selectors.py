@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 import zoneinfo
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from billing.services import credit_bonus_grant
 from converzia.errors import NotFound
@@ -220,12 +222,59 @@ def test_days_out_of_range_is_a_programming_error(tenant, days):
 
 
 def test_stats_query_count(dataset, tenant, django_assert_max_num_queries):
-    # lead_offer counters, lead_offers by window, lead_events, balance, active offers, view state,
+    # Every live number (counters, windows, deliveries, balance, active offers, view state), then the
     # trend rows; plus the guard's SET LOCAL and (inside the test's transaction) its savepoint and
     # limits bookkeeping.
     tenant_stats_refresh()
-    with django_assert_max_num_queries(7 + 5):
+    with django_assert_max_num_queries(2 + 5):
         lead_stats_compute(tenant=tenant)
+
+
+def is_guard_bookkeeping(sql: str) -> bool:
+    """The guard's own statements: its transaction (BEGIN/COMMIT, or a savepoint inside the test's
+    transaction) and its limits (read with current_setting, set with set_config)."""
+    transaction_control = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
+    return sql.startswith(transaction_control) or "set_config(" in sql or "current_setting(" in sql
+
+
+def statements_inside_the_guard(read) -> list[str]:
+    """The SQL `read()` sends, without the guard's bookkeeping; asserts it all ran inside the guard
+    (between its limits being set and its transaction ending)."""
+    with CaptureQueriesContext(connection) as captured:
+        read()
+    sent = [query["sql"] for query in captured.captured_queries]
+    inside = [index for index, sql in enumerate(sent) if not is_guard_bookkeeping(sql)]
+    assert inside == list(range(inside[0], inside[-1] + 1)), sent  # one block, not two guards
+    assert any("set_config(" in sql for sql in sent[: inside[0]]), sent
+    assert sent[-1].startswith(("COMMIT", "RELEASE SAVEPOINT")), sent
+    return [sent[index] for index in inside]
+
+
+def test_live_stats_are_two_statements_inside_their_guard(dataset, tenant):
+    tenant_stats_refresh()
+
+    statements = statements_inside_the_guard(lambda: lead_stats_compute(tenant=tenant))
+
+    # Every live number, then the trend rows.
+    assert len(statements) == 2, statements
+    live, trend = statements
+    tables = ("lead_offer_counts", "lead_offer_count_deltas", "lead_offers", "lead_events", "offers")
+    for table in (*tables, "tenant_credit_balances", "pg_class"):
+        assert re.search(rf"\bFROM {table}\b", live), table
+    assert 'FROM "tenant_stats_materialized"' in trend
+
+
+def test_live_stats_are_one_statement_while_the_view_was_never_refreshed(dataset, tenant):
+    with connection.cursor() as cursor:
+        cursor.execute("REFRESH MATERIALIZED VIEW tenant_stats_materialized WITH NO DATA")
+
+    stats = lead_stats_compute(tenant=tenant, days=3)
+    statements = statements_inside_the_guard(lambda: lead_stats_compute(tenant=tenant, days=3))
+
+    assert len(statements) == 1, statements
+    assert 'FROM "tenant_stats_materialized"' not in statements[0]
+    assert [(point["received"], point["delivered"]) for point in stats["trend"]] == [(0, 0)] * 3
+    assert stats["leads_today"] > 0
 
 
 def test_local_midnight_is_in_the_tenants_zone(tenant):
@@ -327,6 +376,26 @@ def test_funnel_is_one_grouped_query_whatever_the_number_of_offers(
         funnel_compute(tenant=tenant)
 
 
+@pytest.mark.parametrize(
+    ("_case", "params"),
+    [
+        ("_case_all_offers", lambda d: {}),
+        ("_case_one_offer", lambda d: {"offer_id": d["park"].pk}),
+        (
+            "_case_created_range",
+            lambda d: {"created_from": d["midnight"].date(), "created_to": d["midnight"].date()},
+        ),
+    ],
+)
+def test_live_funnel_is_two_statements_inside_its_guard(_case, params, dataset, tenant):
+    statements = statements_inside_the_guard(lambda: funnel_compute(tenant=tenant, **params(dataset)))
+
+    # The offers (or the named one), then the counts by offer and status.
+    assert len(statements) == 2, statements
+    offers, groups = statements
+    assert 'FROM "offers"' in offers and 'FROM "lead_offers"' in groups and "GROUP BY" in groups
+
+
 @pytest.mark.django_db(transaction=True)
 def test_production_query_counts_outside_a_transaction(django_assert_num_queries):
     """What a request pays on a miss when no outer transaction exists (as in production): the data
@@ -337,9 +406,9 @@ def test_production_query_counts_outside_a_transaction(django_assert_num_queries
     LeadOfferFactory(offer=OfferFactory(tenant=tenant))
     tenant_stats_refresh()
 
-    # lead_offer counters, lead_offers by window, lead_events, balance, active offers, view state,
+    # Every live number (counters, windows, deliveries, balance, active offers, view state), then the
     # trend rows; one guard (BEGIN, SET LOCAL, COMMIT).
-    with django_assert_num_queries(7 + 3):
+    with django_assert_num_queries(2 + 3):
         lead_stats_compute(tenant=tenant)
     # offers, grouped aggregate; one guard.
     with django_assert_num_queries(2 + 3):
