@@ -12,6 +12,7 @@ from typing import Any
 from django.db.models import F, Func, Q, QuerySet, TextField, Value
 from django.db.models.functions import Upper
 
+from converzia.db.prepared import PreparedQuery, Shape
 from converzia.errors import NotFound
 from converzia.models import Tenant
 from converzia.tenancy import scoped
@@ -189,16 +190,50 @@ def lead_offer_get_for_tenant(
     return lead_offer
 
 
+# The fields of one lead_offer's detail: the list row, its qualification, and its delivery if any
+# (reverse one-to-one: NULLs without one). `lead_offer_detail_row` reads them in one statement.
+LEAD_OFFER_DETAIL_FIELDS: tuple[str, ...] = (
+    *LEAD_OFFER_LIST_FIELDS,
+    "qualification_fields",
+    "score_breakdown",
+    "delivery__id",
+    "delivery__status",
+    "delivery__attempt_count",
+    "delivery__delivered_at",
+    "delivery__blocked_reason",
+)
+
+_DETAIL_ROW = PreparedQuery(
+    "leads.lead_offer.detail",
+    lambda *, tenant_id, lead_offer_id: (
+        scoped(LeadOffer, tenant_id).filter(pk=lead_offer_id).values(*LEAD_OFFER_DETAIL_FIELDS)
+    ),
+)
+_TIMELINE = PreparedQuery(
+    "leads.lead_offer.timeline",
+    lambda *, tenant_id, lead_offer_id, limit: (
+        scoped(LeadEvent, tenant_id)
+        .filter(lead_offer_id=lead_offer_id)
+        .order_by("-created_at", "-id")
+        .values("event_type", "created_at", "actor_type", "details")[:limit]
+    ),
+)
+
+
+def lead_offer_detail_row(*, tenant: Tenant, lead_offer_id: uuid.UUID) -> dict[str, Any]:
+    """One of the tenant's lead_offers as a `LEAD_OFFER_DETAIL_FIELDS` dict, its lead, offer, source
+    and delivery joined. Missing and foreign raise the same `NotFound`."""
+    row = _DETAIL_ROW.first(tenant_id=tenant.pk, lead_offer_id=lead_offer_id)
+    if row is None:
+        raise NotFound()
+    return row
+
+
 def lead_offer_timeline(
     *, tenant: Tenant, lead_offer_id: uuid.UUID, limit: int = 200
 ) -> list[dict[str, Any]]:
     """The lead_offer's most recent `limit` events, oldest first (idx_lead_events_lead_offer_created)."""
-    rows = list(
-        scoped(LeadEvent, tenant)
-        .filter(lead_offer_id=lead_offer_id)
-        .order_by("-created_at", "-id")
-        .values("event_type", "created_at", "actor_type", "details")[:limit]
-    )
+    rows = _TIMELINE.rows(tenant_id=tenant.pk, lead_offer_id=lead_offer_id, limit=Shape(limit))
     rows.reverse()
     return rows
 

@@ -25,11 +25,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Model, QuerySet
 from django.test import RequestFactory
 from rest_framework.request import Request
 
-from billing.models import CreditTransactionType
+from billing.models import CreditLedger, CreditTransactionType
 from converzia.api.pagination import KeysetPagination, cursor_after
 from converzia.db.explain import (
     Captured,
@@ -41,6 +41,7 @@ from converzia.db.explain import (
     register,
     sql_has,
 )
+from converzia.db.prepared import PreparedQuery
 from converzia.models import Tenant
 from converzia.tenancy import scoped
 from deliveries.services.dispatch import deliveries_claim
@@ -145,18 +146,41 @@ def _samples_read() -> Samples:
 # `billing_views.…`, `offer_views.…`), so a selector that moves or is renamed is followed.
 
 
+def _paginator_request(
+    model: type[Model], ordering: Sequence[str], after: dict[str, Any] | None
+) -> tuple[KeysetPagination, Request, SimpleNamespace]:
+    paginator = KeysetPagination()
+    params = {}
+    if after is not None:
+        # The cursor a client would hold after reading `after`.
+        params[paginator.cursor_query_param] = cursor_after(model, ordering, after)
+    return (
+        paginator,
+        Request(RequestFactory().get("/", params)),
+        SimpleNamespace(keyset_ordering=tuple(ordering)),
+    )
+
+
 def _page(
     queryset: QuerySet[Any], *, ordering: Sequence[str], after: dict[str, Any] | None = None
 ) -> list[Any]:
     """One page through the API's paginator, as the view's `paginate_queryset` does; `after` is the row
     whose `next` cursor the request carries."""
-    paginator = KeysetPagination()
-    params = {}
-    if after is not None:
-        # The cursor a client would hold after reading `after`.
-        params[paginator.cursor_query_param] = cursor_after(queryset.model, ordering, after)
-    request = Request(RequestFactory().get("/", params))
-    return paginator.paginate_queryset(queryset, request, SimpleNamespace(keyset_ordering=tuple(ordering)))
+    paginator, request, view = _paginator_request(queryset.model, ordering, after)
+    return paginator.paginate_queryset(queryset, request, view)
+
+
+def _prepared_page(
+    query: PreparedQuery,
+    model: type[Model],
+    *,
+    ordering: Sequence[str],
+    after: dict[str, Any] | None = None,
+    **arguments: Any,
+) -> list[Any]:
+    """The same, for a prepared query, as the view's `paginate_prepared` does."""
+    paginator, request, view = _paginator_request(model, ordering, after)
+    return paginator.paginate_prepared(query, model, request, view, **arguments)
 
 
 def _pick(key: str, call: Callable[[ExplainRun, Samples], Any], match: Callable[[str], bool], **kwargs: Any):
@@ -187,12 +211,15 @@ def _pattern(
 
 def _lead_list(filters: Callable[[Samples], LeadFilters], *, after_middle: bool = False):
     def call(run: ExplainRun, s: Samples) -> None:
+        ordering = lead_views.LeadViewSet.keyset_ordering
+        after = s.middle if after_middle else None
         lead_views.portal_lead_page(
             tenant=s.tenant,
             filters=filters(s),
             can_view_details=True,
-            paginate=lambda qs: _page(
-                qs, ordering=lead_views.LeadViewSet.keyset_ordering, after=s.middle if after_middle else None
+            paginate=lambda qs: _page(qs, ordering=ordering, after=after),
+            paginate_prepared=lambda query, model, **arguments: _prepared_page(
+                query, model, ordering=ordering, after=after, **arguments
             ),
         )
 
@@ -200,8 +227,13 @@ def _lead_list(filters: Callable[[Samples], LeadFilters], *, after_middle: bool 
 
 
 def _ledger_page(s: Samples, types: list[str] | None) -> list[Any]:
-    entries = billing_views.ledger_list(tenant=s.tenant, transaction_types=types)
-    return _page(entries, ordering=billing_views.BillingLedgerViewSet.keyset_ordering)
+    return _prepared_page(
+        billing_views.LEDGER_PAGE,
+        CreditLedger,
+        ordering=billing_views.BillingLedgerViewSet.keyset_ordering,
+        tenant_id=s.tenant.pk,
+        transaction_types=types,
+    )
 
 
 LIST_PAGE = sql_has(f'FROM "{LEAD_OFFERS}"', "LIMIT")
@@ -228,12 +260,7 @@ _pattern(
     [Expect(CREDIT_LEDGER, ("idx_credit_ledger_tenant_type_created",))],
     _pick(
         "ledger.purchases",
-        lambda run, s: _page(
-            billing_views.ledger_list(
-                tenant=s.tenant, transaction_types=[CreditTransactionType.CREDIT_PURCHASE]
-            ),
-            ordering=billing_views.BillingLedgerViewSet.keyset_ordering,
-        ),
+        lambda run, s: _ledger_page(s, [CreditTransactionType.CREDIT_PURCHASE]),
         sql_has(f'FROM "{CREDIT_LEDGER}"', "LIMIT"),
     ),
 )
@@ -367,33 +394,35 @@ def _stats(run: ExplainRun, s: Samples) -> None:
     lead_stats_compute(tenant=s.tenant)
 
 
-STATS_LEAD_OFFERS = f'FROM "{LEAD_OFFERS}"'
 LEAD_OFFER_COUNTS, LEAD_OFFER_COUNT_DELTAS = "lead_offer_counts", "lead_offer_count_deltas"
+# Every live number but the trend is one statement (portal.stats._LIVE_SQL): each pattern below checks
+# the plan of its own table in it.
+STATS_LIVE = sql_has(f"FROM {LEAD_OFFER_COUNTS} ", f"FROM {LEAD_OFFER_COUNT_DELTAS} ")
 _pattern(
     "portal.stats.counts",
     "GET /api/portal/leads/stats: the tenant's maintained counts by status and DISQUALIFIED category",
     # ~20 rows per tenant. Its pending deltas (UNION ALL) are few between compactions, so the planner
     # rightly seq-scans them; a backlog past --seq-scan-fail-rows still fails the pattern.
     [Expect(LEAD_OFFER_COUNTS, ("lead_offer_counts_pkey",), min_rows=FEW_PER_TENANT_ROWS)],
-    _pick("stats", _stats, sql_has(f"FROM {LEAD_OFFER_COUNTS} ", f"FROM {LEAD_OFFER_COUNT_DELTAS} ")),
+    _pick("stats", _stats, STATS_LIVE),
 )
 _pattern(
     "portal.stats.created",
     "GET /api/portal/leads/stats: lead_offers created today / in 7 / in 30 local days",
     [Expect(LEAD_OFFERS, (TENANT_CREATED,), index_only=True)],
-    _pick("stats", _stats, sql_has(STATS_LEAD_OFFERS, '"created_at" >=', without=["GROUP BY"])),
+    _pick("stats", _stats, STATS_LIVE),
 )
 _pattern(
     "portal.stats.delivered",
     "GET /api/portal/leads/stats: deliveries completed today / 7d / 30d (DELIVERY_COMPLETED events)",
     [Expect(LEAD_EVENTS, ("idx_lead_events_tenant_type_created",), index_only=True)],
-    _pick("stats", _stats, sql_has(f'FROM "{LEAD_EVENTS}"')),
+    _pick("stats", _stats, STATS_LIVE),
 )
 _pattern(
     "portal.stats.active_offers",
     "GET /api/portal/leads/stats: the tenant's active offers (count)",
     [Expect(OFFERS, ("offers_tenant_slug_uniq",), min_rows=FEW_PER_TENANT_ROWS)],
-    _pick("stats", _stats, sql_has(f'FROM "{OFFERS}"')),
+    _pick("stats", _stats, STATS_LIVE),
 )
 
 
@@ -470,10 +499,7 @@ _pattern(
     [Expect(CREDIT_LEDGER, ("idx_credit_ledger_tenant_created",))],
     _pick(
         "ledger.all",
-        lambda run, s: _page(
-            billing_views.ledger_list(tenant=s.tenant),
-            ordering=billing_views.BillingLedgerViewSet.keyset_ordering,
-        ),
+        lambda run, s: _ledger_page(s, None),
         sql_has(f'FROM "{CREDIT_LEDGER}"', "LIMIT"),
     ),
 )

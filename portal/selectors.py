@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import QuerySet
 
 from converzia.api.pagination import keyset_page
@@ -23,7 +22,7 @@ from converzia.models import Tenant
 from leads.funnel import stage_for_status, statuses_for_stage
 from leads.models import LeadOffer
 from leads.privacy import lead_contact, pii_visible, redact_pii
-from leads.selectors import lead_offer_get_for_tenant, lead_offer_list_for_tenant, lead_offer_timeline
+from leads.selectors import lead_offer_detail_row, lead_offer_list_for_tenant, lead_offer_timeline
 from portal.stats_view import tenant_local_midnight
 
 TIMELINE_LIMIT = 200
@@ -165,61 +164,33 @@ def lead_list_item(row: Mapping[str, Any], *, can_view_details: bool) -> dict[st
 def portal_lead_detail(*, tenant: Tenant, lead_offer_id: uuid.UUID, can_view_details: bool) -> dict[str, Any]:
     """One lead_offer with its delivery and timeline: two queries (the row with its lead, offer,
     source and delivery joined; the events). Missing and foreign ids raise the same `NotFound`."""
-    lead_offer = lead_offer_get_for_tenant(
-        tenant=tenant, lead_offer_id=lead_offer_id, related=("lead", "offer", "lead_source", "delivery")
-    )
-    events = lead_offer_timeline(tenant=tenant, lead_offer_id=lead_offer.pk, limit=TIMELINE_LIMIT)
-    visible = pii_visible(status=lead_offer.status, can_view_details=can_view_details)
-    item = lead_list_item(_list_row(lead_offer), can_view_details=can_view_details)
+    row = lead_offer_detail_row(tenant=tenant, lead_offer_id=lead_offer_id)
+    events = lead_offer_timeline(tenant=tenant, lead_offer_id=row["id"], limit=TIMELINE_LIMIT)
+    visible = pii_visible(status=row["status"], can_view_details=can_view_details)
+    item = lead_list_item(row, can_view_details=can_view_details)
     item["qualification_fields"] = redact_pii(
-        lead_offer.qualification_fields or {}, lead_offer_id=lead_offer.pk, visible=visible
+        row["qualification_fields"] or {}, lead_offer_id=row["id"], visible=visible
     )
-    item["score_breakdown"] = lead_offer.score_breakdown or {}
-    item["delivery"] = _delivery(lead_offer)
+    item["score_breakdown"] = row["score_breakdown"] or {}
+    item["delivery"] = _delivery(row)
     item["timeline"] = [
         {
             "event_type": event["event_type"],
             "created_at": event["created_at"],
             "actor_type": event["actor_type"],
-            "details": redact_pii(event["details"] or {}, lead_offer_id=lead_offer.pk, visible=visible),
+            "details": redact_pii(event["details"] or {}, lead_offer_id=row["id"], visible=visible),
         }
         for event in events
     ]
     return item
 
 
-def _list_row(lead_offer: LeadOffer) -> dict[str, Any]:
-    lead, offer, source = lead_offer.lead, lead_offer.offer, lead_offer.lead_source
-    return {
-        "id": lead_offer.pk,
-        "status": lead_offer.status,
-        "offer_id": lead_offer.offer_id,
-        "offer__name": offer.name if offer is not None else None,
-        "lead__full_name": lead.full_name,
-        "lead__first_name": lead.first_name,
-        "lead__last_name": lead.last_name,
-        "lead__phone": lead.phone,
-        "lead__email": lead.email,
-        "score_total": lead_offer.score_total,
-        "billing_eligibility": lead_offer.billing_eligibility,
-        "lead_source__platform": source.platform if source is not None else None,
-        "lead_source__ad_id": source.ad_id if source is not None else None,
-        "lead_source__form_id": source.form_id if source is not None else None,
-        "lead_source__campaign_id": source.campaign_id if source is not None else None,
-        "created_at": lead_offer.created_at,
-        "updated_at": lead_offer.updated_at,
-        "status_changed_at": lead_offer.status_changed_at,
-    }
-
-
-def _delivery(lead_offer: LeadOffer) -> dict[str, Any] | None:
-    try:
-        delivery = lead_offer.delivery  # type: ignore[attr-defined]  # reverse one-to-one, joined
-    except ObjectDoesNotExist:
+def _delivery(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    if row["delivery__id"] is None:  # no delivery row joined
         return None
     return {
-        "status": delivery.status,
-        "attempts": delivery.attempt_count,
-        "delivered_at": delivery.delivered_at,
-        "blocked_reason": delivery.blocked_reason or None,
+        "status": row["delivery__status"],
+        "attempts": row["delivery__attempt_count"],
+        "delivered_at": row["delivery__delivered_at"],
+        "blocked_reason": row["delivery__blocked_reason"] or None,
     }
