@@ -1,7 +1,8 @@
 """Cache keys, reads and invalidation (decision D9). Every cache key is built here.
 
-Invalidation bumps a per-tenant version after commit (no `KEYS`, no pattern deletes): keys embed the
-version, so old entries are simply never read again and expire by TTL.
+Invalidation bumps a per-tenant version after commit (no `KEYS`, no pattern deletes): each entry
+carries the version it was computed under and is read together with the current one (one MGET), so
+old entries are simply never trusted again and expire by TTL.
 
 `cached_read` is the one way to serve a computed read from Redis:
 - a hit answers the stored value with `cached=True` and the time it was computed (`as_of`);
@@ -103,16 +104,26 @@ def tenant_version(tenant_id: uuid.UUID | str) -> int:
     return int(version) if version not in (None, _MISSING) else 0
 
 
-def _tenant_key(family: str, tenant_id: uuid.UUID | str, parts: tuple[object, ...]) -> str:
+@dataclass(frozen=True)
+class VersionedKey:
+    """A key whose entry is trusted only while `version_key` still holds the version it was computed
+    under (the version is stored in the entry). One MGET reads both: one round trip per cached read,
+    where a version embedded in the key name cost two (the version, then the key it names)."""
+
+    key: str
+    version_key: str
+
+
+def _tenant_key(family: str, tenant_id: uuid.UUID | str, parts: tuple[object, ...]) -> VersionedKey:
     suffix = "".join(f":{part}" for part in parts)
-    return f"tenant:{tenant_id}:{family}:v{tenant_version(tenant_id)}{suffix}"
+    return VersionedKey(key=f"tenant:{tenant_id}:{family}{suffix}", version_key=tenant_version_key(tenant_id))
 
 
-def tenant_stats_key(tenant_id: uuid.UUID | str, *parts: object) -> str:
+def tenant_stats_key(tenant_id: uuid.UUID | str, *parts: object) -> VersionedKey:
     return _tenant_key("stats", tenant_id, parts)
 
 
-def tenant_funnel_key(tenant_id: uuid.UUID | str, *parts: object) -> str:
+def tenant_funnel_key(tenant_id: uuid.UUID | str, *parts: object) -> VersionedKey:
     return _tenant_key("funnel", tenant_id, parts)
 
 
@@ -145,37 +156,65 @@ class CachedRead(Generic[T]):
 
 
 def cached_read(
-    *, family: str, key: str, ttl: int, compute: Callable[[], T], fresh: bool = False
+    *, family: str, key: str | VersionedKey, ttl: int, compute: Callable[[], T], fresh: bool = False
 ) -> CachedRead[T]:
     """`compute()`'s value, from the cache when it has it (see the module docstring)."""
+    name = key.key if isinstance(key, VersionedKey) else key
+    version: Any = None
     if not fresh:
-        stored = _cache_call(family, "get", key)
-        if isinstance(stored, dict) and "value" in stored:
+        stored, version = _read(family, key)
+        if _usable(stored, version):
             CACHE_REQUESTS.labels(family, "hit").inc()
             return CachedRead(stored["value"], True, stored["as_of"])
         if stored is _MISSING:
             return _compute(compute)
+    elif isinstance(key, VersionedKey):
+        version = _version_of(_cache_call(family, "get", key.version_key))
+        if version is _MISSING:
+            return _compute(compute)
     CACHE_REQUESTS.labels(family, "miss").inc()
-    lock_key = f"{key}:lock"
+    lock_key = f"{name}:lock"
     locked = _cache_call(family, "add", lock_key, 1, timeout=RECOMPUTE_LOCK_S)
     if locked is False and not fresh:
         # Someone else is computing this key: wait briefly for their value.
         deadline = time.monotonic() + RECOMPUTE_WAIT_S
         while time.monotonic() < deadline:
             time.sleep(RECOMPUTE_POLL_S)
-            stored = _cache_call(family, "get", key)
-            if isinstance(stored, dict) and "value" in stored:
+            stored, current = _read(family, key)
+            if _usable(stored, current):
                 return CachedRead(stored["value"], True, stored["as_of"])
             if stored is _MISSING:
                 break
     try:
         result = _compute(compute)
-        _cache_call(family, "set", key, {"value": result.value, "as_of": result.as_of}, timeout=ttl)
+        # Stored under the version read before computing: a write that committed meanwhile has moved
+        # the version on, so this entry is never trusted.
+        entry = {"value": result.value, "as_of": result.as_of, "version": version}
+        _cache_call(family, "set", name, entry, timeout=ttl)
     finally:
         # Also when compute() raised (a 404, a timeout): the next request must not wait for us.
         if locked is True:
             _cache_call(family, "delete", lock_key)
     return result
+
+
+def _version_of(raw: Any) -> Any:
+    """A version key's value as stored (an int once bumped; absent: 0), or `_MISSING`."""
+    return _MISSING if raw is _MISSING else int(raw or 0)
+
+
+def _read(family: str, key: str | VersionedKey) -> tuple[Any, Any]:
+    """(the stored entry or None or `_MISSING`, the current version or None for an unversioned key)."""
+    if not isinstance(key, VersionedKey):
+        return _cache_call(family, "get", key), None
+    found = _cache_call(family, "get_many", [key.version_key, key.key])
+    if found is _MISSING:
+        return _MISSING, _MISSING
+    return found.get(key.key), _version_of(found.get(key.version_key))
+
+
+def _usable(stored: Any, version: Any) -> bool:
+    return isinstance(stored, dict) and "value" in stored and stored.get("version") == version
 
 
 def _compute(compute: Callable[[], T]) -> CachedRead[T]:

@@ -196,7 +196,9 @@ def lead_stats_compute(
     today = tenant_local_today(tenant, now=now)
     # One guard (one transaction, one SET LOCAL) for both statements: a guard each would add three
     # round trips apiece (BEGIN, SET LOCAL, COMMIT) to statements that take a millisecond.
-    live, trend = guarded("portal.stats.read").run(_stats_reads, tenant=tenant, today=today, days=days)
+    live, trend = guarded("portal.stats.read", atomic=False).run(
+        _stats_reads, tenant=tenant, today=today, days=days
+    )
     counters = live.counters
     stages = stage_counts(counters.by_status)
     return {
@@ -283,7 +285,7 @@ def funnel_compute(
     tenant's offers (only the named one with `offer_id`), zero-filled, most leads first. Raises
     `NotFound` for a missing or another tenant's offer.
     """
-    offers, groups = guarded("portal.funnel.by_offer").run(
+    offers, groups = guarded("portal.funnel.by_offer", atomic=False).run(
         _funnel_counts, tenant=tenant, offer_id=offer_id, created_from=created_from, created_to=created_to
     )
     by_offer = {offer_id: FunnelCounts.from_status_counts(counts) for offer_id, counts in groups.items()}

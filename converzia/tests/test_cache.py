@@ -71,16 +71,55 @@ def test_fresh_recomputes_and_refreshes_the_cache():
 
 
 @pytest.mark.django_db
-def test_invalidation_after_commit_moves_the_tenants_keys(django_capture_on_commit_callbacks):
+def test_invalidation_after_commit_makes_the_tenants_entries_stale(django_capture_on_commit_callbacks):
     tenant_id = uuid.uuid4()
-    before = tenant_stats_key(tenant_id, 30)
-    cached_read(family="stats", key=before, ttl=60, compute=lambda: "old")
+    key = tenant_stats_key(tenant_id, 30)
+    assert cached_read(family="stats", key=key, ttl=60, compute=lambda: "old").value == "old"
     with django_capture_on_commit_callbacks(execute=True):
         invalidate_tenant(tenant_id)
-        assert tenant_stats_key(tenant_id, 30) == before, "nothing moves before the commit"
-    after = tenant_stats_key(tenant_id, 30)
-    assert after != before and tenant_version(tenant_id) == 1
-    assert cached_read(family="stats", key=after, ttl=60, compute=lambda: "new").value == "new"
+        before_commit = cached_read(family="stats", key=key, ttl=60, compute=lambda: "new")
+        assert (before_commit.value, before_commit.cached) == ("old", True), "nothing moves before the commit"
+    assert tenant_version(tenant_id) == 1
+    after = cached_read(family="stats", key=key, ttl=60, compute=lambda: "new")
+    assert (after.value, after.cached) == ("new", False)
+    again = cached_read(family="stats", key=key, ttl=60, compute=lambda: "newer")
+    assert (again.value, again.cached) == ("new", True)
+    # Another tenant's entries are untouched.
+    other = tenant_stats_key(uuid.uuid4(), 30)
+    cached_read(family="stats", key=other, ttl=60, compute=lambda: "theirs")
+    invalidate_tenant(tenant_id)
+    assert cached_read(family="stats", key=other, ttl=60, compute=lambda: "x").cached
+
+
+def test_a_value_computed_while_a_write_commits_is_never_trusted():
+    """The entry carries the version read before computing: a bump in between makes it stale."""
+    tenant_id = uuid.uuid4()
+    key = tenant_stats_key(tenant_id, 7)
+
+    def compute_during_a_write() -> str:
+        cache_module._bump_tenant_version(tenant_id)  # a write commits while we compute
+        return "computed before the write was visible"
+
+    first = cached_read(family="stats", key=key, ttl=60, compute=compute_during_a_write)
+    assert first.cached is False
+    second = cached_read(family="stats", key=key, ttl=60, compute=lambda: "after the write")
+    assert (second.value, second.cached) == ("after the write", False)
+
+
+def test_a_versioned_hit_costs_one_redis_round_trip(monkeypatch):
+    key = tenant_stats_key(uuid.uuid4(), 30)
+    cached_read(family="stats", key=key, ttl=60, compute=lambda: "v")
+    operations: list[str] = []
+    original = cache_module._cache_call
+    monkeypatch.setattr(
+        cache_module,
+        "_cache_call",
+        lambda family, operation, *a, **k: (
+            operations.append(operation) or original(family, operation, *a, **k)
+        ),
+    )
+    assert cached_read(family="stats", key=key, ttl=60, compute=lambda: "w").cached
+    assert operations == ["get_many"]
 
 
 def test_many_concurrent_misses_compute_once():
