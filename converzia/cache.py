@@ -174,8 +174,10 @@ def cached_read(
             return _compute(compute)
     CACHE_REQUESTS.labels(family, "miss").inc()
     lock_key = f"{name}:lock"
-    locked = _cache_call(family, "add", lock_key, 1, timeout=RECOMPUTE_LOCK_S)
-    if locked is False and not fresh:
+    # A `fresh` read (staff asking for live numbers) recomputes whatever others do: it neither waits
+    # for nor holds the lock that spares the database a stampede of ordinary misses.
+    locked = None if fresh else _cache_call(family, "add", lock_key, 1, timeout=RECOMPUTE_LOCK_S)
+    if locked is False:
         # Someone else is computing this key: wait briefly for their value.
         deadline = time.monotonic() + RECOMPUTE_WAIT_S
         while time.monotonic() < deadline:

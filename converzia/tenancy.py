@@ -7,11 +7,14 @@ which refuses to build a queryset without a tenant, so isolation cannot be forgo
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, models
+
+from converzia.db.prepared import PreparedQuery
 
 if TYPE_CHECKING:
     from converzia.models import Tenant, User
@@ -171,11 +174,31 @@ def _raise_no_choice(user: User, *, memberships: int) -> NoReturn:
 def _staff_context(user: User, tenant_id: uuid.UUID) -> TenantContext:
     """Staff acting for a tenant they are not a member of; anyone else is not a member."""
     from converzia.errors import NotAMember
-    from converzia.models import Tenant
 
     if not user.is_staff:
         raise NotAMember()
-    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    tenant = tenant_get(tenant_id)
     if tenant is None:
         raise NotAMember("No such tenant.")
     return TenantContext(tenant=tenant, role=None, is_staff=True)
+
+
+def tenant_get(tenant_id: uuid.UUID) -> Tenant | None:
+    """The tenant row by id, or None: a prepared read (staff name a tenant on every request)."""
+    from converzia.models import Tenant
+
+    row = _tenant_row_query().first(tenant_id=tenant_id)
+    if row is None:
+        return None
+    return Tenant.from_db(DEFAULT_DB_ALIAS, list(row), list(row.values()))
+
+
+@functools.cache
+def _tenant_row_query() -> PreparedQuery:
+    # Built on first use: converzia.models imports this module.
+    from converzia.models import Tenant
+
+    names = tuple(field.attname for field in Tenant._meta.concrete_fields)
+    return PreparedQuery(
+        "tenancy.tenant", lambda *, tenant_id: Tenant.objects.filter(pk=tenant_id).values(*names)
+    )

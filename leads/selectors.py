@@ -45,7 +45,9 @@ class FunnelCounts:
 # --- offers --------------------------------------------------------------------------------------
 
 
-def offer_list_for_tenant(*, tenant: Tenant, statuses: Sequence[str] | None = None) -> QuerySet[Offer]:
+def offer_list_for_tenant(
+    *, tenant: Tenant | uuid.UUID, statuses: Sequence[str] | None = None
+) -> QuerySet[Offer]:
     """The tenant's offers, optionally only those in `statuses`. Ordering is left to the paginator."""
     queryset = scoped(Offer, tenant)
     if statuses:

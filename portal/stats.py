@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Q
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from converzia.cache import (
@@ -32,6 +32,7 @@ from converzia.cache import (
     tenant_funnel_key,
     tenant_stats_key,
 )
+from converzia.db.prepared import PreparedQuery
 from converzia.db.timeouts import guarded
 from converzia.models import Tenant
 from converzia.tenancy import scoped
@@ -147,6 +148,16 @@ def _live_numbers(*, tenant: Tenant, window_starts: dict[str, dt.datetime]) -> _
     )
 
 
+_TREND_ROWS = PreparedQuery(
+    "portal.stats.trend",
+    lambda *, tenant_id, first, last: (
+        TenantDailyStats.objects.for_tenant(tenant_id)
+        .filter(day__gte=first, day__lte=last)
+        .values("day", "leads_total", "deliveries_delivered")
+    ),
+)
+
+
 def _trend(*, tenant: Tenant, days: int, until: dt.date, view_populated: bool) -> list[dict[str, Any]]:
     """The last `days` local days up to `until`, oldest first, zero-filled: one statement over
     tenant_stats_materialized (the read of `portal.stats_view.tenant_daily_trend`, whose view state
@@ -155,10 +166,8 @@ def _trend(*, tenant: Tenant, days: int, until: dt.date, view_populated: bool) -
     rows: dict[dt.date, tuple[int, int]] = {}
     if view_populated:
         rows = {
-            day: (received, delivered)
-            for day, received, delivered in TenantDailyStats.objects.for_tenant(tenant)
-            .filter(day__range=(window[0], window[-1]))
-            .values_list("day", "leads_total", "deliveries_delivered")
+            row["day"]: (row["leads_total"], row["deliveries_delivered"])
+            for row in _TREND_ROWS.rows(tenant_id=tenant.pk, first=window[0], last=window[-1])
         }
     points = []
     for day in window:
@@ -236,16 +245,6 @@ def lead_stats_get(
 # --- funnel ----------------------------------------------------------------------------------------
 
 
-def _created_range_q(tenant: Tenant, created_from: dt.date | None, created_to: dt.date | None) -> Q:
-    """`created_from` and `created_to` are local dates, both inclusive."""
-    condition = Q()
-    if created_from is not None:
-        condition &= Q(created_at__gte=tenant_local_midnight(tenant, created_from))
-    if created_to is not None:
-        condition &= Q(created_at__lt=tenant_local_midnight(tenant, created_to + dt.timedelta(days=1)))
-    return condition
-
-
 def _share(count: int, total: int) -> float:
     return round(count * 100 / total, 2) if total else 0.0
 
@@ -264,12 +263,44 @@ def _funnel_counts(
         offer = offer_get_for_tenant(tenant=tenant, offer_id=offer_id)
         offers = [{"id": offer.pk, "name": offer.name, "status": offer.status}]
     else:
-        offers = list(offer_list_for_tenant(tenant=tenant).order_by().values("id", "name", "status"))
-    rows = scoped(LeadOffer, tenant).filter(_created_range_q(tenant, created_from, created_to))
+        offers = _FUNNEL_OFFERS.rows(tenant_id=tenant.pk)
+    rows = _FUNNEL_GROUPS.rows(
+        tenant_id=tenant.pk,
+        offer_id=offer_id,
+        created_from=tenant_local_midnight(tenant, created_from) if created_from else None,
+        created_before=(
+            tenant_local_midnight(tenant, created_to + dt.timedelta(days=1)) if created_to else None
+        ),
+    )
+    groups = status_counts_by_group((row["offer_id"], row["status"], row["n"]) for row in rows)
+    return offers, groups
+
+
+def _funnel_group_query(
+    *,
+    tenant_id: uuid.UUID,
+    offer_id: uuid.UUID | None,
+    created_from: dt.datetime | None,
+    created_before: dt.datetime | None,
+) -> QuerySet[Any]:
+    """lead_offers counted by (offer, status); `created_before` is exclusive."""
+    rows = scoped(LeadOffer, tenant_id)
+    if created_from is not None:
+        rows = rows.filter(created_at__gte=created_from)
+    if created_before is not None:
+        rows = rows.filter(created_at__lt=created_before)
     if offer_id is not None:
         rows = rows.filter(offer_id=offer_id)
-    groups = status_counts_by_group(rows.order_by().values_list("offer_id", "status").annotate(n=Count("*")))
-    return offers, groups
+    return (
+        rows.order_by().values("offer_id", "status").annotate(n=Count("*")).values("offer_id", "status", "n")
+    )
+
+
+_FUNNEL_OFFERS = PreparedQuery(
+    "portal.funnel.offers",
+    lambda *, tenant_id: offer_list_for_tenant(tenant=tenant_id).order_by().values("id", "name", "status"),
+)
+_FUNNEL_GROUPS = PreparedQuery("portal.funnel.groups", _funnel_group_query)
 
 
 def funnel_compute(
