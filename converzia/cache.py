@@ -7,7 +7,8 @@ old entries are simply never trusted again and expire by TTL.
 `cached_read` is the one way to serve a computed read from Redis:
 - a hit answers the stored value with `cached=True` and the time it was computed (`as_of`);
 - a miss computes once per key even when many requests miss together (a short lock key taken with
-  `add`; the others wait briefly for the value, then compute themselves rather than wait long);
+  `add`; the others wait briefly for the value, then compute themselves rather than wait long); the
+  value is stored (and the lock released) once the response has been sent, not before it;
 - Redis trouble never fails a request: the error is counted, the value computed from the database,
   and the cache is skipped for `CACHE_RETRY_AFTER_S` so an outage costs one socket timeout per
   process every few seconds, not one per request.
@@ -29,6 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from converzia.metrics import CACHE_REQUESTS
+from converzia.request_context import after_response
 
 logger = logging.getLogger(__name__)
 
@@ -189,15 +191,22 @@ def cached_read(
                 break
     try:
         result = _compute(compute)
-        # Stored under the version read before computing: a write that committed meanwhile has moved
-        # the version on, so this entry is never trusted.
-        entry = {"value": result.value, "as_of": result.as_of, "version": version}
-        _cache_call(family, "set", name, entry, timeout=ttl)
-    finally:
-        # Also when compute() raised (a 404, a timeout): the next request must not wait for us.
+    except BaseException:
+        # A 404 or a timeout: the next request must not wait for us.
         if locked is True:
             _cache_call(family, "delete", lock_key)
+        raise
+    # Stored under the version read before computing: a write that committed meanwhile has moved the
+    # version on, so this entry is never trusted. After the response: the answer does not wait for it.
+    entry = {"value": result.value, "as_of": result.as_of, "version": version}
+    after_response(lambda: _store(family, name, entry, ttl, lock_key if locked is True else None))
     return result
+
+
+def _store(family: str, key: str, entry: dict[str, Any], ttl: int, lock_key: str | None) -> None:
+    _cache_call(family, "set", key, entry, timeout=ttl)
+    if lock_key is not None:
+        _cache_call(family, "delete", lock_key)
 
 
 def _version_of(raw: Any) -> Any:

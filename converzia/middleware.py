@@ -7,10 +7,21 @@ import logging
 import time
 from collections.abc import Callable
 
+from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse
 
 from converzia.metrics import HTTP_REQUEST_SECONDS, HTTP_RESPONSES, UNMATCHED_ROUTE
-from converzia.request_context import accept_request_id, request_id_var, tenant_id_var, user_id_var
+from converzia.request_context import (
+    accept_request_id,
+    after_response_begin,
+    after_response_run,
+    request_id_var,
+    tenant_id_var,
+    user_id_var,
+)
+
+# Work deferred with `after_response` runs when the server closes the response, after sending it.
+request_finished.connect(after_response_run, dispatch_uid="converzia_after_response")
 
 
 class RequestIdMiddleware:
@@ -18,6 +29,7 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        after_response_begin()
         request_id = accept_request_id(request.headers.get("X-Request-ID"))
         # Also on the request: Django logs the response after this middleware has reset the context.
         request.request_id = request_id  # type: ignore[attr-defined]

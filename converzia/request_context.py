@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 tenant_id_var: ContextVar[str | None] = ContextVar("tenant_id", default=None)
 user_id_var: ContextVar[str | None] = ContextVar("user_id", default=None)
+# Work left for after the response has been sent; a list only while a request is being answered
+# (converzia.middleware starts it, Django's `request_finished` runs it).
+_after_response_var: ContextVar[list[Callable[[], None]] | None] = ContextVar("after_response", default=None)
+
+logger = logging.getLogger(__name__)
 
 # An incoming X-Request-ID is echoed only if it is short and safe to put in logs and headers.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -50,3 +56,29 @@ def job_context(prefix: str = "job") -> Iterator[str]:
         yield request_id_var.get()
     finally:
         request_id_var.reset(token)
+
+
+def after_response(callback: Callable[[], None]) -> None:
+    """Run `callback` once the current response has been sent (at once outside a request): for work the
+    answer does not wait for, such as storing a value just computed in the cache. A callback that fails
+    is logged; the response has already gone."""
+    pending = _after_response_var.get()
+    if pending is None:
+        callback()
+    else:
+        pending.append(callback)
+
+
+def after_response_begin() -> None:
+    _after_response_var.set([])
+
+
+def after_response_run(**_signal_kwargs: object) -> None:
+    """`request_finished` receiver: the WSGI server has sent the response and closed it."""
+    pending = _after_response_var.get()
+    _after_response_var.set(None)
+    for callback in pending or ():
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 — nothing left to fail: the client has its answer
+            logger.exception("work after the response failed")

@@ -11,10 +11,13 @@ import uuid
 
 import pytest
 from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse
 
 from converzia import cache as cache_module
 from converzia.cache import cached_read, invalidate_tenant, tenant_stats_key, tenant_version
 from converzia.metrics import CACHE_REQUESTS
+from converzia.middleware import RequestIdMiddleware
+from converzia.request_context import after_response
 
 DEAD_REDIS = {
     "default": {
@@ -179,3 +182,34 @@ def test_a_failing_compute_releases_the_recompute_lock():
     with pytest.raises(RuntimeError):
         cached_read(family="test", key=key, ttl=60, compute=broken)
     assert cache.get(f"{key}:lock") is None
+
+
+def test_inside_a_request_the_value_is_stored_once_the_response_has_been_sent(rf):
+    key = f"test:{uuid.uuid4()}"
+
+    def view(request: HttpRequest) -> HttpResponse:
+        assert cached_read(family="test", key=key, ttl=60, compute=lambda: "v").value == "v"
+        return HttpResponse("ok")
+
+    response = RequestIdMiddleware(view)(rf.get("/"))
+    assert cache.get(key) is None, "nothing stored while the response is on its way"
+    response.close()  # what the WSGI server does once the body is sent
+    assert cache.get(key)["value"] == "v"
+    assert cached_read(family="test", key=key, ttl=60, compute=lambda: "w").cached
+
+
+def test_work_after_the_response_that_fails_is_logged_and_the_rest_still_runs(rf, caplog):
+    ran: list[str] = []
+
+    def view(request: HttpRequest) -> HttpResponse:
+        after_response(lambda: 1 / 0)
+        after_response(lambda: ran.append("second"))
+        return HttpResponse("ok")
+
+    response = RequestIdMiddleware(view)(rf.get("/"))
+    assert ran == []
+    response.close()
+    assert ran == ["second"]
+    assert "work after the response failed" in caplog.text
+    after_response(lambda: ran.append("outside a request: at once"))
+    assert ran[-1] == "outside a request: at once"
