@@ -55,6 +55,11 @@ DEFAULT_RETRY_BACKOFF_S = 0.05
 _SET_LIMITS_SQL = "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
 
 
+def default_lock_timeout_ms(timeout_ms: int) -> int:
+    """Waiting on a lock longer than the statement may run makes no sense: half of it."""
+    return max(1, timeout_ms // 2)
+
+
 def is_timeout(exc: BaseException) -> bool:
     cause = exc.__cause__ or exc
     return getattr(cause, "sqlstate", None) in _TIMEOUT_SQLSTATES
@@ -77,8 +82,7 @@ class guarded:  # noqa: N801 — reads as a verb at the call site, like `transac
         # it may skip its own transaction where the session already carries the limits.
         self.atomic = atomic
         self.timeout_ms = int(timeout_ms or settings.DB_STATEMENT_TIMEOUT_MS)
-        # Waiting on a lock longer than the statement may run makes no sense; cap it below.
-        self.lock_timeout_ms = int(lock_timeout_ms or max(1, self.timeout_ms // 2))
+        self.lock_timeout_ms = int(lock_timeout_ms or default_lock_timeout_ms(self.timeout_ms))
         self.retries = retries
         self.backoff_s = backoff_s
         self.using = using

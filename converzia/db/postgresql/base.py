@@ -31,6 +31,8 @@ from django.conf import settings
 from django.db.backends.postgresql import base as postgresql
 from psycopg.pq import Format
 
+from converzia.db.timeouts import default_lock_timeout_ms
+
 _ANY_EVENT = (
     select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | getattr(select, "POLLRDHUP", 0)
 )
@@ -52,7 +54,7 @@ _FAST_TIMESTAMPTZ_LOADER = psycopg.adapters.get_loader(_TIMESTAMPTZ_OID, Format.
 def default_limits_ms() -> tuple[int, int]:
     """(statement_timeout, lock_timeout) of a guard that names none: the session limits."""
     timeout_ms = int(settings.DB_STATEMENT_TIMEOUT_MS)
-    return timeout_ms, max(1, timeout_ms // 2)
+    return timeout_ms, default_lock_timeout_ms(timeout_ms)
 
 
 class DatabaseWrapper(postgresql.DatabaseWrapper):
@@ -70,7 +72,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
         self.session_limits_ms = (
-            default_limits_ms() if "statement_timeout" in conn_params.get("options", "") else None
+            default_limits_ms() if "statement_timeout=" in (conn_params.get("options") or "") else None
         )
         return connection
 
